@@ -1,0 +1,57 @@
+# The course's commands. `make` alone lists them. Every target creates .venv on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+# Tests never touch your data/ folder: they run in a throw-away data root.
+TEST_DATA_DIR ?= $(shell mktemp -u /tmp/medallion-test.XXXXXX)
+
+.PHONY: help install run test unit nbval lab data bench doctor lint clean reset notebooks pipeline
+
+help: ## List the targets (this text)
+	@echo "Medallion lakehouse course on healthcare data. Targets:"
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the course package with its dependencies
+
+run: $(STAMP) ## Generate the default dataset and execute the course notebooks headlessly, in order
+	$(PY) -m utils.run_course
+
+test: $(STAMP) ## Run the unit tests, then every notebook under nbval (in a temporary data folder)
+	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q
+	COURSE_DATA_DIR=$(TEST_DATA_DIR)-nb $(PY) -m pytest -q --nbval notebooks \
+		--sanitize-with tests/nbval_sanitize.cfg
+	rm -rf $(TEST_DATA_DIR) $(TEST_DATA_DIR)-nb
+
+unit: $(STAMP) ## Run only the unit tests (fast)
+	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q; rc=$$?; rm -rf $(TEST_DATA_DIR); exit $$rc
+
+notebooks: $(STAMP) ## Re-execute the notebooks in place (refreshes the outputs nbval compares)
+	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m utils.run_course --in-place
+	rm -rf $(TEST_DATA_DIR)
+
+lab: $(STAMP) ## Open JupyterLab on notebooks/
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+data: $(STAMP) ## Generate the default course dataset into data/landing
+	$(PY) -m data_generator --default
+
+bench: $(STAMP) ## Run the benchmarks and write data/reports/benchmarks.{json,md}
+	$(PY) -m benchmarks
+
+doctor: $(STAMP) ## Print engine, versions, paths and anything missing
+	$(PY) -m utils.doctor
+
+lint: $(STAMP) ## Check code style with ruff
+	$(VENV)/bin/ruff check utils data_generator tests
+
+clean: ## Remove .venv, caches and executed notebook copies (keeps data/)
+	rm -rf $(VENV) .pytest_cache build *.egg-info data/executed
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,126 @@
+"""Create, write and register the course's Delta tables, the same way on every engine.
+
+Sail keeps its catalog in memory, per session: a new notebook (a new process) starts with
+only the ``default`` schema even though the Delta tables are on disk. ``register_course_tables``
+puts every existing course table back into the current session's catalog, so
+``spark.table("silver.patients")`` and SQL work in every notebook. On Databricks the tables are
+managed Unity Catalog tables and nothing needs registering.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from utils.config import COURSE_TABLE_PROPERTIES, CourseConfig, get_config
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def is_delta_table(path: Path) -> bool:
+    """A folder is a Delta table when it has a transaction log with at least one commit."""
+    log = path / "_delta_log"
+    return log.is_dir() and any(log.glob("*.json"))
+
+
+def existing_tables(config: CourseConfig | None = None) -> list[tuple[str, str, Path]]:
+    """(layer, table, path) of every Delta table under the lakehouse folder, sorted."""
+    config = config or get_config()
+    found: list[tuple[str, str, Path]] = []
+    for layer in config.layers:
+        layer_dir = config.lakehouse_dir / layer
+        if not layer_dir.is_dir():
+            continue
+        for table_dir in sorted(layer_dir.iterdir()):
+            if is_delta_table(table_dir):
+                found.append((layer, table_dir.name, table_dir))
+    return found
+
+
+def _sql_string(value: str | Path) -> str:
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _properties_sql(properties: dict[str, str]) -> str:
+    return ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
+
+
+def register_table(spark: "SparkSession", layer: str, table: str,
+                   config: CourseConfig | None = None) -> str:
+    """Make ``<layer>.<table>`` resolvable in this session (idempotent). Returns its name."""
+    config = config or get_config()
+    name = config.table_name(layer, table)
+    if config.databricks:
+        return name
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {name} USING delta "
+        f"LOCATION {_sql_string(config.table_path(layer, table))}"
+    )
+    return name
+
+
+def register_course_tables(spark: "SparkSession", config: CourseConfig | None = None) -> list[str]:
+    """(Re)register every existing Delta table of the course in the current session.
+
+    Call it at the top of each notebook. Returns the registered names, sorted, so a notebook
+    can show what it found.
+    """
+    config = config or get_config()
+    if config.databricks:
+        return []
+    for layer in config.layers:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+    return [register_table(spark, layer, table, config) for layer, table, _ in existing_tables(config)]
+
+
+def write_table(df: "DataFrame", layer: str, table: str, mode: str = "overwrite",
+                partition_by: Iterable[str] | None = None, overwrite_schema: bool = False,
+                config: CourseConfig | None = None) -> str:
+    """Write ``df`` as the Delta table ``<layer>.<table>`` and register it; return its name.
+
+    Write modes are explicit so a re-run replaces (``overwrite``) or adds (``append``) on
+    purpose, never fails with "already exists". New tables get the course table properties.
+    """
+    if mode not in ("overwrite", "append"):
+        raise ValueError(f"mode must be 'overwrite' or 'append', not {mode!r}")
+    config = config or get_config()
+    writer = df.write.format("delta").mode(mode)
+    for key, value in COURSE_TABLE_PROPERTIES.items():
+        writer = writer.option(key, value)
+    if overwrite_schema:
+        writer = writer.option("overwriteSchema", "true")
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if config.databricks:
+        name = config.full_table_name(layer, table)
+        writer.saveAsTable(name)
+        return config.table_name(layer, table)
+    writer.save(str(config.table_path(layer, table)))
+    return register_table(df.sparkSession, layer, table, config)
+
+
+def create_table_if_missing(spark: "SparkSession", layer: str, table: str, schema_ddl: str,
+                            partition_by: Iterable[str] | None = None,
+                            config: CourseConfig | None = None) -> str:
+    """Create an empty Delta table with an explicit schema unless it exists; return its name.
+
+    Appends and MERGEs then go into a table whose types are fixed up front (Sail stores NULL
+    when a wrong type is appended to a table that does not exist yet with the right types).
+    """
+    config = config or get_config()
+    partition_sql = f" PARTITIONED BY ({', '.join(partition_by)})" if partition_by else ""
+    props = f" TBLPROPERTIES ({_properties_sql(COURSE_TABLE_PROPERTIES)})"
+    if config.databricks:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {config.table_name(layer, table)} ({schema_ddl}) "
+                  f"USING delta{partition_sql}{props}")
+        return config.table_name(layer, table)
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+    name = config.table_name(layer, table)
+    spark.sql(
+        f"CREATE TABLE IF NOT EXISTS {name} ({schema_ddl}) USING delta{partition_sql} "
+        f"LOCATION {_sql_string(config.table_path(layer, table))}{props}"
+    )
+    return name
