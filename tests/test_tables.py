@@ -3,6 +3,7 @@
 from pyspark.sql import SparkSession
 
 from utils import get_config, register_course_tables, write_table
+from utils.session import sail_url
 from utils.tables import create_table_if_missing, existing_tables
 
 
@@ -13,8 +14,7 @@ def test_write_then_register_in_new_session(spark, data_dir):
     assert (path / "_delta_log").is_dir()
 
     # A second session on the same server starts with an empty catalog, as a new notebook does.
-    url = f"sc://127.0.0.1:{spark.client._builder.port}"
-    fresh = SparkSession.builder.remote(url).create()
+    fresh = SparkSession.builder.remote(sail_url()).create()
     try:
         assert "bronze" not in [db.name for db in fresh.catalog.listDatabases()]
         assert register_course_tables(fresh) == ["bronze.demo"]

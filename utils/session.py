@@ -157,10 +157,21 @@ def _sail_session() -> "SparkSession":
         server.start(background=True)
         _sail_server = server
         atexit.register(stop_spark)
-    _, port = _sail_server.listening_address
-    session = SparkSession.builder.remote(f"sc://127.0.0.1:{port}").getOrCreate()
+    session = SparkSession.builder.remote(sail_url()).getOrCreate()
     session.conf.set("spark.sql.session.timeZone", "UTC")
     return session
+
+
+def sail_url() -> str | None:
+    """``sc://127.0.0.1:<port>`` of the embedded Sail server, or None when none runs.
+
+    A second session on the same server (``SparkSession.builder.remote(url).create()``)
+    behaves like a new notebook: same data, empty catalog.
+    """
+    if _sail_server is None:
+        return None
+    _, port = _sail_server.listening_address
+    return f"sc://127.0.0.1:{port}"
 
 
 def java_version() -> str | None:
