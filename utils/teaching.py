@@ -1,0 +1,43 @@
+"""Exercise checks for the notebooks.
+
+An exercise is a ``# TODO`` cell whose placeholder still parses (``answer = ...``) followed
+by a check cell calling :func:`check_exercise`. Left as ``...``, the check says the exercise
+is not attempted yet and the notebook still runs top to bottom (nbval runs it as is); with a
+wrong answer it fails with a message that teaches; with a right one it confirms.
+Solutions live in ``notebooks/solutions/`` under the same names.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+NOT_ATTEMPTED = ...
+
+
+def _normalize(value: Any) -> Any:
+    """DataFrames and pandas frames become sorted lists of tuples so they compare by content."""
+    if hasattr(value, "collect") and hasattr(value, "columns"):  # a Spark DataFrame
+        return sorted(tuple(row) for row in value.collect())
+    if hasattr(value, "itertuples"):  # a pandas DataFrame
+        return sorted(tuple(row) for row in value.itertuples(index=False))
+    return value
+
+
+def check_exercise(number: int | str, answer: Any, expected: Any, hint: str,
+                   compare: Callable[[Any, Any], bool] | None = None) -> bool:
+    """Check a learner's answer against the expected one.
+
+    Returns False (and prints the hint) when the placeholder is untouched, True when the
+    answer matches; raises AssertionError with the hint when it does not.
+    """
+    if answer is NOT_ATTEMPTED:
+        print(f"Exercise {number}: not attempted yet. Hint: {hint}")
+        return False
+    got, want = _normalize(answer), _normalize(expected)
+    ok = compare(got, want) if compare else got == want
+    if not ok:
+        shown = repr(got)
+        shown = shown if len(shown) <= 300 else shown[:300] + "..."
+        raise AssertionError(f"Exercise {number}: not quite. {hint} (your answer: {shown})")
+    print(f"Exercise {number}: correct.")
+    return True
