@@ -4,7 +4,7 @@ from utils.teaching import check_exercise
 
 
 def test_placeholder_is_not_an_error(capsys):
-    assert check_exercise(1, ..., 42, "count the rows") is False
+    check_exercise(1, ..., 42, "count the rows")
     assert "Exercise 1: not attempted yet. Hint: count the rows" in capsys.readouterr().out
 
 
@@ -14,7 +14,9 @@ def test_wrong_answer_teaches():
 
 
 def test_right_answer_and_frames_compare_by_content(spark, capsys):
-    assert check_exercise(3, 42, 42, "hint") is True
+    check_exercise(3, 42, 42, "hint")
     df = spark.createDataFrame([(2, "b"), (1, "a")], "id INT, v STRING")
-    assert check_exercise(4, df, [(1, "a"), (2, "b")], "hint") is True
-    assert "Exercise 4: correct." in capsys.readouterr().out
+    check_exercise(4, df, [(1, "a"), (2, "b")], "hint")
+    assert capsys.readouterr().out == "Exercise 3: correct.\nExercise 4: correct.\n"
+    with pytest.raises(AssertionError, match="Exercise 5: not quite"):
+        check_exercise(5, df, [(1, "a")], "hint")

@@ -71,6 +71,13 @@ class CourseConfig:
             return Path(f"/Volumes/{self.catalog}/{self.volume_schema}/{self.volume}/reports")
         return self.data_root / "reports"
 
+    def scratch_path(self, name: str) -> Path:
+        """A throw-away Delta location for demos (env check, Delta experiments), outside the
+        course schemas so nothing downstream ever counts it."""
+        if self.databricks:
+            return Path(f"/Volumes/{self.catalog}/{self.volume_schema}/{self.volume}/scratch/{name}")
+        return self.data_root / "scratch" / name
+
     def source_dir(self, source: str) -> Path:
         return self.landing_dir / source
 

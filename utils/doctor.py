@@ -41,6 +41,39 @@ def report() -> list[str]:
     return lines
 
 
+class EnvironmentProblem(RuntimeError):
+    """Something the course needs is missing; the message says how to fix it."""
+
+
+def check_environment() -> dict[str, str]:
+    """Check what the notebooks need and return the versions that matter.
+
+    Raises EnvironmentProblem with the fix when a package is missing, the Python is too old
+    or the engine setting is wrong, so notebook 00 fails loudly instead of notebook 03
+    failing obscurely.
+    """
+    if sys.version_info < (3, 10):
+        raise EnvironmentProblem(
+            f"Python {sys.version.split()[0]} is too old: the course needs 3.10+ "
+            "(conda: `conda env create -f environment.yml`).")
+    versions = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for package in ("pyspark", "pysail", "deltalake", "pandas", "matplotlib"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            raise EnvironmentProblem(
+                f"{package} is not installed in this kernel's Python ({sys.executable}): run "
+                "`make install` and pick the .venv kernel, or `pip install -e .[dev]`.") from None
+    if not versions["pyspark"].startswith("4."):
+        raise EnvironmentProblem(f"pyspark {versions['pyspark']} found; the course needs 4.x: "
+                                 "run `make install` (it pins the tested version).")
+    try:
+        versions["engine"] = selected_engine()
+    except EngineError as err:
+        raise EnvironmentProblem(str(err)) from None
+    return versions
+
+
 def main() -> int:
     lines = report()
     print("\n".join(lines))

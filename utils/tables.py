@@ -124,3 +124,16 @@ def create_table_if_missing(spark: "SparkSession", layer: str, table: str, schem
         f"LOCATION {_sql_string(config.table_path(layer, table))}{props}"
     )
     return name
+
+
+def fresh_scratch_path(name: str, config: CourseConfig | None = None) -> str:
+    """Empty the scratch location ``name`` and return it as a string.
+
+    Demos that count versions or commit files start from nothing, so re-running a notebook
+    shows the same versions instead of piling new ones on the old table.
+    """
+    import shutil
+
+    path = (config or get_config()).scratch_path(name)
+    shutil.rmtree(path, ignore_errors=True)
+    return str(path)

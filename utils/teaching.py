@@ -24,15 +24,16 @@ def _normalize(value: Any) -> Any:
 
 
 def check_exercise(number: int | str, answer: Any, expected: Any, hint: str,
-                   compare: Callable[[Any, Any], bool] | None = None) -> bool:
+                   compare: Callable[[Any, Any], bool] | None = None) -> None:
     """Check a learner's answer against the expected one.
 
-    Returns False (and prints the hint) when the placeholder is untouched, True when the
-    answer matches; raises AssertionError with the hint when it does not.
+    Prints the hint when the placeholder is untouched and a confirmation when the answer
+    matches; raises AssertionError with the hint when it does not. It returns nothing, so a
+    check cell shows only its message.
     """
     if answer is NOT_ATTEMPTED:
         print(f"Exercise {number}: not attempted yet. Hint: {hint}")
-        return False
+        return
     got, want = _normalize(answer), _normalize(expected)
     ok = compare(got, want) if compare else got == want
     if not ok:
@@ -40,4 +41,3 @@ def check_exercise(number: int | str, answer: Any, expected: Any, hint: str,
         shown = shown if len(shown) <= 300 else shown[:300] + "..."
         raise AssertionError(f"Exercise {number}: not quite. {hint} (your answer: {shown})")
     print(f"Exercise {number}: correct.")
-    return True
