@@ -52,6 +52,9 @@ doctor: $(STAMP) ## Print engine, versions, paths and anything missing
 lint: $(STAMP) ## Check code style with ruff
 	$(VENV)/bin/ruff check utils data_generator tests
 
+reset: ## Remove generated data, tables and figures so a room can start over (keeps .venv)
+	rm -rf data/landing data/lakehouse data/reports data/scratch data/executed data/pipelines
+
 clean: ## Remove .venv, caches and executed notebook copies (keeps data/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info data/executed
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
