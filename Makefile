@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 # Tests never touch your data/ folder: they run in a throw-away data root.
-TEST_DATA_DIR ?= $(shell mktemp -u /tmp/medallion-test.XXXXXX)
+# (expanded once: a recursive variable would name a new folder at every use)
+ifndef TEST_DATA_DIR
+TEST_DATA_DIR := $(shell mktemp -u /tmp/medallion-test.XXXXXX)
+endif
 
 .PHONY: help install run test unit nbval lab data bench doctor lint clean reset notebooks pipeline
 
@@ -25,10 +28,9 @@ run: $(STAMP) ## Generate the default dataset and execute the course notebooks h
 	$(PY) -m utils.run_course
 
 test: $(STAMP) ## Run the unit tests, then every notebook under nbval (in a temporary data folder)
-	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q
+	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q; rc=$$?; rm -rf $(TEST_DATA_DIR); exit $$rc
 	COURSE_DATA_DIR=$(TEST_DATA_DIR)-nb $(PY) -m pytest -q --nbval notebooks \
-		--sanitize-with tests/nbval_sanitize.cfg
-	rm -rf $(TEST_DATA_DIR) $(TEST_DATA_DIR)-nb
+		--sanitize-with tests/nbval_sanitize.cfg; rc=$$?; rm -rf $(TEST_DATA_DIR)-nb; exit $$rc
 
 unit: $(STAMP) ## Run only the unit tests (fast)
 	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q; rc=$$?; rm -rf $(TEST_DATA_DIR); exit $$rc
