@@ -83,8 +83,10 @@ def test_no_unguarded_databricks_calls_or_personal_paths(path):
         guarded = "on_databricks()" in src
         for call in (r"\bdbutils\.", r"^\s*display\(", r"^%run\b", r"^\s*%pip\b"):
             if re.search(call, src, re.M):
-                assert guarded, f"{path.name}: Databricks-only call outside an `if on_databricks():` cell:\n{src}"
+                assert guarded, \
+                    f"{path.name}: Databricks-only call outside an `if on_databricks():` cell:\n{src}"
         assert not re.search(r"(/home/|/Users/|C:\\\\|/work/|/tmp/)", src), \
             f"{path.name}: a hard-coded absolute path; ask get_config() instead:\n{src}"
-        assert "import *" not in src and "sys.path" not in src, f"{path.name}: no star imports or sys.path tricks"
+        assert "import *" not in src and "sys.path" not in src, \
+            f"{path.name}: no star imports or sys.path tricks"
         assert "SparkSession.builder" not in src, f"{path.name}: start Spark with utils.get_spark()"

@@ -42,4 +42,5 @@ def test_tables_get_course_properties(spark, data_dir):
     for name in ("props", "written"):
         conf = DeltaTable(str(get_config().table_path("gold", name))).metadata().configuration
         assert conf["delta.checkpointInterval"] == "100"
-    assert [(layer, table) for layer, table, _ in existing_tables()] == [("gold", "props"), ("gold", "written")]
+    found = [(layer, table) for layer, table, _ in existing_tables()]
+    assert found == [("gold", "props"), ("gold", "written")]

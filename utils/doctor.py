@@ -33,7 +33,8 @@ def report() -> list[str]:
         lines.append(f"remote      {os.environ['SPARK_REMOTE']}")
     config = get_config()
     lines.append(f"data root   {config.data_root}")
-    lines.append(f"landing     {config.landing_dir} ({'present' if config.landing_dir.exists() else 'not generated yet: make data'})")
+    landing_state = "present" if config.landing_dir.exists() else "not generated yet: make data"
+    lines.append(f"landing     {config.landing_dir} ({landing_state})")
     lines.append(f"lakehouse   {config.lakehouse_dir}")
     lines.append(f"reports     {config.reports_dir}")
     free = shutil.disk_usage(config.data_root if config.data_root.exists() else config.data_root.parent)
