@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from utils import delta_ops, write_table
+from utils import delta_ops, register_course_tables, write_table
 from utils.tables import create_table_if_missing
 
 SCHEMA = "id BIGINT, k BIGINT, v DOUBLE"
@@ -22,6 +22,8 @@ def _forget_demo_tables(spark):
     for row in spark.sql("SHOW TABLES IN silver").collect():
         if row.tableName.startswith(delta_ops.SCRATCH_PREFIX):
             spark.sql(f"DROP TABLE IF EXISTS silver.{row.tableName}")
+    yield
+
 
 
 def _three_versions(spark) -> None:
@@ -67,7 +69,7 @@ def test_unknown_table_and_bad_names_fail_clearly(spark, data_dir):
         delta_ops.detail(spark, "silver", "demo_missing")
     with pytest.raises(ValueError, match="layer.table"):
         delta_ops.history(spark, "demo_t")
-    with pytest.raises(ValueError, match="Refusing to touch 'claims'"):
+    with pytest.raises(ValueError, match="Refusing to touch silver.claims"):
         delta_ops.drop_scratch_table(spark, "silver", "claims")
 
 
@@ -174,20 +176,20 @@ def test_not_null_column_rejects_nulls(spark, data_dir):
 
 def test_change_data_feed_records_merge(spark, data_dir):
     start = spark.createDataFrame([(1, "a"), (2, "b"), (3, "c")], "id BIGINT, v STRING")
-    assert delta_ops.create_cdf_table(spark, start, "silver", "demo_cdf") == "silver.demo_cdf"
-    assert delta_ops.change_data_feed_enabled(spark, "silver", "demo_cdf")
+    assert delta_ops.create_cdf_table(spark, start, "scratch", "demo_cdf") == "scratch.demo_cdf"
+    assert delta_ops.change_data_feed_enabled(spark, "scratch", "demo_cdf")
     changes = spark.createDataFrame([(2, "B", False), (3, "c", True), (4, "d", False)],
                                     "id BIGINT, v STRING, deleted BOOLEAN")
-    delta_ops.upsert(spark, changes, "silver", "demo_cdf", keys=["id"], delete_when="s.deleted")
-    assert sorted(tuple(r) for r in spark.table("silver.demo_cdf").collect()) == [
+    delta_ops.upsert(spark, changes, "scratch", "demo_cdf", keys=["id"], delete_when="s.deleted")
+    assert sorted(tuple(r) for r in spark.table("scratch.demo_cdf").collect()) == [
         (1, "a"), (2, "B"), (4, "d")]
-    feed = delta_ops.read_change_feed(spark, "silver", "demo_cdf", starting_version=1)
+    feed = delta_ops.read_change_feed(spark, "scratch", "demo_cdf", starting_version=1)
     got = sorted((r.id, r.v, r._change_type, r._commit_version) for r in feed.collect())
     assert got == [(2, "B", "update_postimage", 1), (2, "b", "update_preimage", 1),
                    (3, "c", "delete", 1), (4, "d", "insert", 1)]
     # a re-run starts again from version 0
-    delta_ops.create_cdf_table(spark, start, "silver", "demo_cdf")
-    assert delta_ops.current_version(spark, "silver", "demo_cdf") == 0
+    delta_ops.create_cdf_table(spark, start, "scratch", "demo_cdf")
+    assert delta_ops.current_version(spark, "scratch", "demo_cdf") == 0
 
 
 def test_upsert_without_cdf_uses_sql_merge(spark, data_dir):
@@ -198,3 +200,23 @@ def test_upsert_without_cdf_uses_sql_merge(spark, data_dir):
     rows = {r.id: r.v for r in spark.table("silver.demo_t").collect()}
     assert len(rows) == 20 and rows[0] == 100.0 and 1 not in rows and rows[50] == 5.0
     assert delta_ops.history(spark, "silver", "demo_t", limit=1).first().operation == "MERGE"
+
+
+def test_scratch_tables_live_outside_the_layers(spark, data_dir):
+    df = spark.createDataFrame([(1, 0, 1.0), (2, 1, 2.0)], SCHEMA)
+    assert delta_ops.write_scratch(df, "demo_copy") == "scratch.demo_copy"
+    assert delta_ops.write_scratch(df, "demo_copy", mode="append", fresh=False) == "scratch.demo_copy"
+    assert spark.table("scratch.demo_copy").count() == 4
+    assert delta_ops.current_version(spark, "scratch", "demo_copy") == 1
+    assert (data_dir / "scratch" / "demo_copy" / "_delta_log").is_dir()
+    assert register_course_tables(spark) == []  # not a course table
+
+    spark.sql("UPDATE scratch.demo_copy SET v = 10.0 WHERE id = 1")
+    assert delta_ops.history(spark, "scratch.demo_copy", limit=1).first().operation == "UPDATE"
+    delta_ops.restore(spark, "scratch", "demo_copy", version=0)
+    assert spark.table("scratch.demo_copy").count() == 2
+
+    assert delta_ops.write_scratch(df.limit(1), "demo_copy") == "scratch.demo_copy"  # fresh
+    assert delta_ops.current_version(spark, "scratch", "demo_copy") == 0
+    delta_ops.drop_scratch_table(spark, "scratch", "demo_copy")
+    assert not (data_dir / "scratch" / "demo_copy").exists()

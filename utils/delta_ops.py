@@ -11,8 +11,11 @@ Every function takes a course table as ``(layer, table)`` (or one ``"layer.table
 and returns the same shape on both paths: a Spark DataFrame with the same columns, a dict or
 a list. Which path runs is decided by :func:`uses_sql` (``utils.session.selected_engine``).
 
-Scratch tables for demos are named ``demo_*``: :func:`drop_scratch_table` refuses any other
-name, so a demo can never delete a real course table.
+Demos work on scratch tables so they never change a real course table: the pseudo-layer
+``"scratch"`` is the schema ``scratch`` -- locally at ``get_config().scratch_path(name)``,
+outside the lakehouse layers (``register_course_tables`` never sees it), on Databricks a
+managed table in the course catalog. :func:`write_scratch` writes one.
+:func:`drop_scratch_table` deletes only scratch tables or ``demo_*`` tables.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
 
-#: Prefix of the tables demos may create, overwrite and drop.
+#: Pseudo-layer of throw-away demo tables (``config.scratch_path``), and the prefix of demo
+#: tables inside a course layer: the only tables :func:`drop_scratch_table` deletes.
+SCRATCH = "scratch"
 SCRATCH_PREFIX = "demo_"
 
 #: Columns of :func:`history` (a subset of Databricks' ``DESCRIBE HISTORY``), newest first.
@@ -69,17 +74,48 @@ def _config() -> CourseConfig:
     return get_config()
 
 
-def table_path(layer: str, table: str | None = None) -> Path:
-    """The Delta folder of a course table (local engines only); a clear error if missing."""
+def table_name(layer: str, table: str | None = None) -> str:
+    """``silver.claims`` for a course table, ``scratch.<name>`` for a scratch table."""
     layer, table = _split(layer, table)
+    return f"{SCRATCH}.{table}" if layer == SCRATCH else _config().table_name(layer, table)
+
+
+def _location(layer: str, table: str) -> Path | None:
     config = _config()
-    path = config.table_path(layer, table)
+    if config.databricks:
+        return None
+    return config.scratch_path(table) if layer == SCRATCH else config.table_path(layer, table)
+
+
+def _managed(layer: str) -> bool:
+    """A Unity Catalog managed table (every table on Databricks): addressed by name, no path."""
+    return _config().databricks
+
+
+def table_path(layer: str, table: str | None = None) -> Path:
+    """The Delta folder of a table (not for Databricks managed tables); a clear error if it
+    holds no Delta table yet."""
+    layer, table = _split(layer, table)
+    path = _location(layer, table)
     if path is None:
         raise NotImplementedError("On Databricks tables are managed by Unity Catalog: no path.")
     if not is_delta_table(path):
-        raise ValueError(f"{config.table_name(layer, table)} is not a Delta table yet "
-                         f"(no commits under lakehouse/{layer}/{table}/_delta_log).")
+        where = f"scratch/{table}" if layer == SCRATCH else f"lakehouse/{layer}/{table}"
+        raise ValueError(f"{table_name(layer, table)} is not a Delta table yet "
+                         f"(no commits under {where}/_delta_log).")
     return path
+
+
+def _register(spark: SparkSession, layer: str, table: str) -> str:
+    """Make the table resolvable by name in this (Sail) session; return the name."""
+    if layer != SCRATCH:
+        return register_table(spark, layer, table, _config())
+    name = table_name(layer, table)
+    location = str(table_path(layer, table)).replace("\\", "\\\\").replace("'", "\\'")
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
+    spark.sql(f"DROP TABLE IF EXISTS {name}")  # the folder may have been recreated elsewhere
+    spark.sql(f"CREATE TABLE {name} USING delta LOCATION '{location}'")
+    return name
 
 
 def _delta_table(layer: str, table: str | None = None, version: int | None = None) -> DeltaTable:
@@ -91,13 +127,11 @@ def _delta_table(layer: str, table: str | None = None, version: int | None = Non
 def _sql_ref(spark: SparkSession, layer: str, table: str) -> str:
     """How SQL names the table: its catalog name on Databricks, ``delta.`path``` on JVM Delta,
     the registered name on Sail (which does not resolve ``delta.`path```)."""
-    config = _config()
-    if config.databricks:
-        return config.table_name(layer, table)
-    if selected_engine() == "spark":
+    if _managed(layer):
+        return table_name(layer, table)
+    if uses_sql():
         return "delta.`" + str(table_path(layer, table)).replace("`", "``") + "`"
-    table_path(layer, table)  # fail early, with the friendly message, when it does not exist
-    return register_table(spark, layer, table, config)
+    return _register(spark, layer, table)
 
 
 def _sql_string(value: Any) -> str:
@@ -202,8 +236,8 @@ def read_version(spark: SparkSession, layer: str, table: str | None = None,
         reader = spark.read.format("delta")
         reader = (reader.option("versionAsOf", int(version)) if version is not None
                   else reader.option("timestampAsOf", _utc(timestamp).isoformat()))
-        if _config().databricks:
-            return reader.table(_config().table_name(layer, table))
+        if _managed(layer):
+            return reader.table(table_name(layer, table))
         return reader.load(str(table_path(layer, table)))
     if version is None:
         version = _timestamp_to_version(layer, table, timestamp)
@@ -243,7 +277,7 @@ def detail(spark: SparkSession, layer: str, table: str | None = None) -> dict[st
     """What ``DESCRIBE DETAIL`` says: format, name, partitionColumns, numFiles, sizeInBytes,
     properties (incl. ``delta.constraints.*``), minReaderVersion, minWriterVersion."""
     layer, table = _split(layer, table)
-    name = _config().table_name(layer, table)
+    name = table_name(layer, table)
     if uses_sql():
         row = spark.sql(f"DESCRIBE DETAIL {_sql_ref(spark, layer, table)}").first().asDict()
         return {
@@ -281,7 +315,7 @@ def files_scanned(spark: SparkSession, layer: str, table: str | None = None,
     path, so not on Databricks, where the query profile shows "files pruned".
     """
     layer, table = _split(layer, table)
-    if _config().databricks:
+    if _managed(layer):
         raise NotImplementedError("On Databricks read 'files pruned' in the query profile.")
     dt = _delta_table(layer, table)
     total = len(dt.file_uris())
@@ -408,21 +442,53 @@ def constraints(spark: SparkSession, layer: str, table: str | None = None) -> di
 
 
 # ----- scratch tables and change data feed -------------------------------------------------------
-def _check_scratch(table: str) -> None:
-    if not table.startswith(SCRATCH_PREFIX):
-        raise ValueError(f"Refusing to touch {table!r}: scratch tables are named "
-                         f"{SCRATCH_PREFIX}* so demos never change real course tables.")
+def _check_scratch(layer: str, table: str) -> None:
+    if layer != SCRATCH and not table.startswith(SCRATCH_PREFIX):
+        raise ValueError(f"Refusing to touch {layer}.{table}: demos drop and recreate only "
+                         f"scratch tables or {SCRATCH_PREFIX}* tables, never course tables.")
 
 
 def drop_scratch_table(spark: SparkSession, layer: str, table: str | None = None) -> None:
-    """Forget and delete a ``demo_*`` table (so a re-run starts again at version 0)."""
+    """Forget and delete a scratch (or ``demo_*``) table, so a re-run starts at version 0."""
     layer, table = _split(layer, table)
-    _check_scratch(table)
-    config = _config()
-    spark.sql(f"DROP TABLE IF EXISTS {config.table_name(layer, table)}")
-    path = config.table_path(layer, table)
+    _check_scratch(layer, table)
+    if layer == SCRATCH:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
+    spark.sql(f"DROP TABLE IF EXISTS {table_name(layer, table)}")
+    path = _location(layer, table)
     if path is not None and path.exists():
         shutil.rmtree(path)
+
+
+def _write(df: DataFrame, layer: str, table: str, mode: str) -> str:
+    """Write a Delta table with the course table properties and make it resolvable by name."""
+    if layer != SCRATCH:
+        from utils.tables import write_table
+
+        return write_table(df, layer, table, mode=mode)
+    spark = df.sparkSession
+    spark.sql(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
+    writer = df.write.format("delta").mode(mode)
+    for key, value in COURSE_TABLE_PROPERTIES.items():
+        writer = writer.option(key, value)
+    if _managed(layer):
+        writer.saveAsTable(table_name(layer, table))
+        return table_name(layer, table)
+    writer.save(str(_location(layer, table)))
+    return _register(spark, layer, table)
+
+
+def write_scratch(df: DataFrame, table: str, mode: str = "overwrite", fresh: bool = True) -> str:
+    """Write ``df`` as the scratch table ``scratch.<table>`` and return that name.
+
+    ``fresh=True`` (the default) deletes the table first, so a demo starts at version 0 and a
+    re-run shows the same versions; ``fresh=False`` with ``mode="append"`` adds a version.
+    """
+    if mode not in ("overwrite", "append"):
+        raise ValueError(f"mode must be 'overwrite' or 'append', not {mode!r}")
+    if fresh:
+        drop_scratch_table(df.sparkSession, SCRATCH, table)
+    return _write(df, SCRATCH, table, mode)
 
 
 def change_data_feed_enabled(spark: SparkSession, layer: str, table: str | None = None) -> bool:
@@ -431,28 +497,25 @@ def change_data_feed_enabled(spark: SparkSession, layer: str, table: str | None 
 
 def create_cdf_table(spark: SparkSession, df: DataFrame, layer: str,
                      table: str | None = None) -> str:
-    """Write ``df`` as a new ``demo_*`` table with the change data feed on; return its name.
+    """Write ``df`` as a new scratch (or ``demo_*``) table with the change data feed on.
 
     Sail cannot write a table whose protocol lists the change data feed ("Table features must
     be specified: ChangeDataFeed"), so locally delta-rs creates it and later writes to it go
     through :func:`upsert` (which uses delta-rs for such tables). Sail can still read it.
     """
     layer, table = _split(layer, table)
-    _check_scratch(table)
-    config = _config()
+    _check_scratch(layer, table)
+    drop_scratch_table(spark, layer, table)
     if uses_sql():
-        from utils.tables import write_table
-
-        name = write_table(df, layer, table, overwrite_schema=True, config=config)
+        _write(df, layer, table, "overwrite")
         spark.sql(f"ALTER TABLE {_sql_ref(spark, layer, table)} "
                   f"SET TBLPROPERTIES ('{CDF_PROPERTY}' = 'true')")
-        return name
+        return table_name(layer, table)
     from deltalake import write_deltalake
 
-    drop_scratch_table(spark, layer, table)
-    write_deltalake(str(config.table_path(layer, table)), df.toArrow(), mode="error",
+    write_deltalake(str(_location(layer, table)), df.toArrow(), mode="error",
                     configuration={**COURSE_TABLE_PROPERTIES, CDF_PROPERTY: "true"})
-    return register_table(spark, layer, table, config)
+    return _register(spark, layer, table)
 
 
 def upsert(spark: SparkSession, source: DataFrame, layer: str, table: str | None = None,
@@ -510,8 +573,8 @@ def read_change_feed(spark: SparkSession, layer: str, table: str | None = None,
                   .option("startingVersion", int(starting_version)))
         if ending_version is not None:
             reader = reader.option("endingVersion", int(ending_version))
-        if _config().databricks:
-            return reader.table(_config().table_name(layer, table))
+        if _managed(layer):
+            return reader.table(table_name(layer, table))
         return reader.load(str(table_path(layer, table)))
     reader = _delta_table(layer, table).load_cdf(starting_version=int(starting_version),
                                                  ending_version=ending_version)
@@ -519,9 +582,9 @@ def read_change_feed(spark: SparkSession, layer: str, table: str | None = None,
 
 
 __all__ = [
-    "SCRATCH_PREFIX", "add_check_constraint", "change_data_feed_enabled", "constraints",
+    "SCRATCH", "SCRATCH_PREFIX", "add_check_constraint", "change_data_feed_enabled", "constraints",
     "create_cdf_table", "current_version", "detail", "drop_constraint", "drop_scratch_table",
     "file_stats", "files_scanned", "history", "latest_checkpoint", "log_files", "optimize",
-    "read_change_feed", "read_commit", "read_version", "restore", "table_path", "upsert",
-    "uses_sql", "vacuum",
+    "read_change_feed", "read_commit", "read_version", "restore", "table_name", "table_path",
+    "upsert", "uses_sql", "vacuum", "write_scratch",
 ]
