@@ -1,0 +1,441 @@
+"""Run a declarative pipeline locally: load, validate, then execute each flow in order.
+
+* **Streaming table**: its flows append only what is new since the last update (exactly once,
+  see :mod:`utils.pipelines.sources`); AUTO CDC flows MERGE (SCD 1/2, :mod:`.autocdc`).
+* **Materialized view**: recomputed and overwritten every update.
+* **Temporary view**: a session temp view, visible to the flows after it, not stored.
+
+Tables are Delta tables in ``<storage>/tables/<schema>/<name>``, registered as
+``<schema>.<name>``; unqualified names in the pipeline code resolve to that schema (the runner
+``USE``s it while flows run, then restores the session's schema). A flow that fails (e.g. an
+``expect_or_fail`` rule) stops; flows that depend on it are SKIPPED, independent ones still run;
+the run then raises :class:`PipelineRunFailed`. Every state change goes to the event log.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from utils.config import COURSE_TABLE_PROPERTIES, get_config
+from utils.expectations import RuleMetric, apply_expectations
+from utils.pipelines.autocdc import apply_auto_cdc
+from utils.pipelines.eventlog import EventLog
+from utils.pipelines.graph import PipelineGraph, build_graph
+from utils.pipelines.lineage import draw_lineage
+from utils.pipelines.registry import LocalRegistry, load_definitions
+from utils.pipelines.sources import (
+    METADATA_COLUMN,
+    Checkpoint,
+    delta_version,
+    rewrite_streaming_reads,
+    rows_added,
+)
+from utils.pipelines.spec import PipelineSpec, load_spec
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+KIND_LABEL = {"st": "streaming table", "mv": "materialized view", "view": "temporary view",
+              "sink": "sink", "external": "table"}
+EVENT_LOG_TABLE = "event_log"
+
+
+class PipelineRunFailed(RuntimeError):
+    """At least one flow failed; ``run`` holds every flow's result."""
+
+    def __init__(self, run: "PipelineRun") -> None:
+        self.run = run
+        failed = [f for f in run.flows if f.status == "FAILED"]
+        lines = [f"Pipeline '{run.pipeline}': {len(failed)} flow(s) failed"]
+        lines += [f"  {f.flow}: {f.error}" for f in failed]
+        super().__init__("\n".join(lines))
+
+
+@dataclass
+class FlowResult:
+    flow: str
+    dataset: str
+    kind: str
+    status: str = "QUEUED"
+    num_output_rows: int | None = None
+    dropped_records: int | None = None
+    expectations: list[RuleMetric] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class PipelineRun:
+    """What one update did (dry runs: the validated graph, every flow QUEUED)."""
+
+    pipeline: str
+    update_id: str
+    graph: PipelineGraph
+    flows: list[FlowResult]
+    dry_run: bool = False
+    full_refresh: bool = False
+    lineage_path: Path | None = None
+
+    @property
+    def status(self) -> str:
+        if self.dry_run:
+            return "VALIDATED"
+        return "FAILED" if any(f.status == "FAILED" for f in self.flows) else "COMPLETED"
+
+    def rows_by_dataset(self) -> dict[str, int | None]:
+        rows: dict[str, int | None] = {}
+        for f in self.flows:
+            if f.num_output_rows is not None:
+                rows[f.dataset] = (rows.get(f.dataset) or 0) + f.num_output_rows
+        return rows
+
+    def summary(self):
+        """One row per flow, in execution order (a pandas DataFrame; no timings: stable)."""
+        import pandas as pd
+
+        return pd.DataFrame([{
+            "flow": f.flow, "dataset": f.dataset, "type": KIND_LABEL.get(f.kind, f.kind),
+            "status": f.status,
+            "rows": f.num_output_rows if f.num_output_rows is not None else pd.NA,
+            "dropped": f.dropped_records if f.dropped_records is not None else pd.NA,
+        } for f in self.flows]).astype({"rows": "Int64", "dropped": "Int64"})
+
+
+def progress_line(index: int, total: int, result: FlowResult, timings: bool = False) -> str:
+    """``[ 3/12] silver_encounters   materialized view   1,234 rows  COMPLETED``."""
+    rows = f"{result.num_output_rows:,} rows" if result.num_output_rows is not None else ""
+    if result.dropped_records:
+        rows += f" ({result.dropped_records:,} dropped)"
+    width = len(str(total))
+    line = (f"[{index:{width}d}/{total}] {result.dataset:<28} {KIND_LABEL.get(result.kind, ''):<18}"
+            f" {rows:<24} {result.status}")
+    if timings:
+        line += f" in {result.seconds:.1f} s"
+    if result.error:
+        line += f": {result.error.splitlines()[0][:200]}"
+    return line.rstrip()
+
+
+class Pipeline:
+    """A pipeline folder (spec + sources) bound to a Spark session."""
+
+    def __init__(self, spec: PipelineSpec, spark: "SparkSession") -> None:
+        self.spec = spec
+        self.spark = spark
+        self.registry: LocalRegistry | None = None
+        self.graph: PipelineGraph | None = None
+
+    # ----- names and places ----------------------------------------------------------------
+    def _schema_and_table(self, key: str) -> tuple[str, str]:
+        parts = key.split(".")
+        return (parts[0], parts[1]) if len(parts) == 2 else (self.spec.schema, parts[-1])
+
+    def table_name(self, key: str) -> str:
+        """SQL name of a dataset: ``<schema>.<table>``."""
+        schema, table = self._schema_and_table(key)
+        return f"{schema}.{table}"
+
+    def table_path(self, key: str) -> Path:
+        return self.spec.table_path(*self._schema_and_table(key))
+
+    def _register(self, key: str) -> None:
+        schema, table = self._schema_and_table(key)
+        self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+        self.spark.sql(f"CREATE TABLE IF NOT EXISTS {schema}.{table} USING delta "
+                       f"LOCATION '{self.table_path(key)}'")
+
+    def register_tables(self) -> list[str]:
+        """Register the pipeline's existing tables and its event log in this session."""
+        from utils.tables import is_delta_table
+
+        self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.spec.schema}")
+        names = []
+        tables_root = self.spec.storage / "tables"
+        if tables_root.is_dir():
+            for schema_dir in sorted(tables_root.iterdir()):
+                for table_dir in sorted(schema_dir.iterdir()):
+                    if is_delta_table(table_dir):
+                        self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_dir.name}")
+                        self.spark.sql(
+                            f"CREATE TABLE IF NOT EXISTS {schema_dir.name}.{table_dir.name} "
+                            f"USING delta LOCATION '{table_dir}'")
+                        names.append(f"{schema_dir.name}.{table_dir.name}")
+        if is_delta_table(self.spec.event_log_path):
+            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self.spec.schema}.{EVENT_LOG_TABLE} "
+                           f"USING delta LOCATION '{self.spec.event_log_path}'")
+        return names
+
+    @property
+    def event_log_name(self) -> str:
+        return f"{self.spec.schema}.{EVENT_LOG_TABLE}"
+
+    @property
+    def lineage_path(self) -> Path:
+        return get_config().reports_dir / "pipelines" / f"{self.spec.name}_lineage.png"
+
+    # ----- loading ---------------------------------------------------------------------------
+    def load(self) -> PipelineGraph:
+        """Run the source files, resolve every flow's inputs and validate the graph."""
+        self.registry = load_definitions(self.spec.source_files(), self.spark, self.spec.root)
+        self.register_tables()
+        with self._in_schema():
+            self.graph = build_graph(self.registry, self.spark, self.spec.schema,
+                                     table_exists=self._table_exists)
+        return self.graph
+
+    def _table_exists(self, key: str) -> bool:
+        try:
+            return bool(self.spark.catalog.tableExists(key))
+        except Exception:  # noqa: BLE001 - an unparsable name does not exist
+            return False
+
+    class _SchemaGuard:
+        def __init__(self, pipeline: "Pipeline") -> None:
+            self.pipeline = pipeline
+            self.previous = "default"
+
+        def __enter__(self) -> None:
+            spark = self.pipeline.spark
+            self.previous = spark.catalog.currentDatabase()
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.pipeline.spec.schema}")
+            spark.sql(f"USE SCHEMA {self.pipeline.spec.schema}")
+
+        def __exit__(self, *exc: object) -> None:
+            self.pipeline.spark.sql(f"USE SCHEMA {self.previous}")
+
+    def _in_schema(self) -> "_SchemaGuard":
+        return Pipeline._SchemaGuard(self)
+
+    # ----- running ---------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget every table, checkpoint and AUTO CDC state (a full refresh); keep the log."""
+        if self.graph is not None:
+            for key, node in self.graph.datasets.items():
+                if node.kind in ("st", "mv"):
+                    self.spark.sql(f"DROP TABLE IF EXISTS {self.table_name(key)}")
+        for folder in (self.spec.storage / "tables", self.spec.storage / "checkpoints",
+                       self.spec.storage / "system" / "auto_cdc"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def run(self, full_refresh: bool = False, dry_run: bool = False,
+            progress: Callable[[str], None] | None = None, timings: bool = False,
+            raise_on_failure: bool = True, lineage: bool = True) -> PipelineRun:
+        graph = self.graph or self.load()
+        update_id = str(uuid.uuid4())
+        results = [FlowResult(name, graph.flows[name].target,
+                              graph.datasets[graph.flows[name].target].kind)
+                   for name in graph.order]
+        run = PipelineRun(self.spec.name, update_id, graph, results, dry_run, full_refresh)
+        if dry_run:
+            return run
+        if full_refresh:
+            self.reset()
+        log = EventLog(self.spec.name, update_id)
+        log.update("CREATED", f"Update {update_id} started"
+                   + (" (full refresh)" if full_refresh else ""))
+        for result in results:
+            log.flow(result.flow, result.dataset, "QUEUED", f"Flow '{result.flow}' is QUEUED.")
+        failed_datasets: set[str] = set()
+        pending_view_commits: list[tuple[Checkpoint, int, dict]] = []
+        conf_backup: dict[str, str | None] = {}
+        try:
+            for key, value in self.spec.configuration.items():
+                conf_backup[key] = self.spark.conf.get(key, None)
+                self.spark.conf.set(key, value)
+            with self._in_schema():
+                for index, result in enumerate(results, 1):
+                    flow = graph.flows[result.flow]
+                    blocked = [i for i in flow.inputs if i in failed_datasets]
+                    if blocked:
+                        result.status = "SKIPPED"
+                        result.error = f"upstream dataset {blocked[0]} failed"
+                        log.flow(result.flow, result.dataset, "SKIPPED",
+                                 f"Flow '{result.flow}' SKIPPED: {result.error}.")
+                        failed_datasets.add(flow.target)
+                    else:
+                        log.flow(result.flow, result.dataset, "RUNNING",
+                                 f"Flow '{result.flow}' is RUNNING.")
+                        started = time.perf_counter()
+                        try:
+                            self._run_flow(flow, result, pending_view_commits)
+                            result.status = "COMPLETED"
+                            log.flow(result.flow, result.dataset, "COMPLETED",
+                                     f"Flow '{result.flow}' has COMPLETED.",
+                                     rows=result.num_output_rows, dropped=result.dropped_records,
+                                     metrics=result.expectations if flow.expectations else None)
+                        except Exception as err:  # noqa: BLE001 - one flow fails, others go on
+                            result.status = "FAILED"
+                            result.error = f"{type(err).__name__}: {err}"
+                            failed_datasets.add(flow.target)
+                            log.flow(result.flow, result.dataset, "FAILED",
+                                     f"Flow '{result.flow}' has FAILED.", error=result.error,
+                                     metrics=result.expectations or None)
+                        result.seconds = time.perf_counter() - started
+                    if progress:
+                        progress(progress_line(index, len(results), result, timings))
+            if run.status == "COMPLETED":
+                for checkpoint, batch_id, payload in pending_view_commits:
+                    checkpoint.write_commit(batch_id, payload)
+        finally:
+            for key, value in conf_backup.items():
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
+            log.update(run.status, f"Update {update_id} is {run.status}.",
+                       error=None if run.status == "COMPLETED" else "; ".join(
+                           f"{f.flow}: {f.error}" for f in results if f.status == "FAILED"))
+            log.write(self.spark, self.spec.event_log_path)
+            self.register_tables()
+        if lineage:
+            run.lineage_path = draw_lineage(graph, self.lineage_path, run.rows_by_dataset(),
+                                            title=f"pipeline {self.spec.name}")
+        if raise_on_failure and run.status == "FAILED":
+            raise PipelineRunFailed(run)
+        return run
+
+    def _resolve_table(self, name: str) -> tuple[str, Path | None]:
+        from utils.pipelines.graph import _Resolver
+
+        key = _Resolver(self.spec.schema, []).key(name)
+        node = self.graph.datasets.get(key) if self.graph else None
+        if node is not None and node.kind in ("st", "mv"):
+            return key, self.table_path(key)
+        if node is not None and node.kind == "view":
+            return key, None
+        return key, self._external_location(name)
+
+    def _external_location(self, name: str) -> Path | None:
+        for row in self.spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect():
+            if str(row[0]).strip().lower() == "location" and row[1]:
+                return Path(str(row[1]).removeprefix("file://"))
+        return None
+
+    def _write_options(self, output: object) -> dict[str, str]:
+        options = dict(COURSE_TABLE_PROPERTIES)
+        options.update(getattr(output, "table_properties", None) or {})
+        return options
+
+    def _run_flow(self, flow, result: FlowResult, pending_view_commits: list) -> None:
+        dataset = self.graph.datasets[flow.target]
+        path = self.table_path(flow.target) if dataset.kind in ("st", "mv") else None
+        spark_conf = getattr(flow.definition, "spark_conf", None) or {}
+        saved = {k: self.spark.conf.get(k, None) for k in spark_conf}
+        for key, value in spark_conf.items():
+            self.spark.conf.set(key, value)
+        try:
+            if flow.kind == "auto_cdc":
+                self._run_auto_cdc(flow, result, path)
+                return
+            df = flow.definition.func()
+            checkpoint = Checkpoint(self.spec.checkpoint_dir(flow.name))
+            batch_id, batch = None, None
+            if flow.streaming:
+                pending = checkpoint.pending()
+                replan = None
+                if pending is not None:
+                    pending_id, payload = pending
+                    if (path is not None and payload.get("target_version_before") is not None
+                            and (delta_version(path) or -1) > payload["target_version_before"]):
+                        checkpoint.write_commit(pending_id, payload)   # the write had happened
+                    else:
+                        replan = payload["sources"]
+                df, batch = rewrite_streaming_reads(df, self.spark, checkpoint,
+                                                    self._resolve_table, replan)
+                batch_id = checkpoint.next_batch_id()
+            if METADATA_COLUMN in df.columns:
+                df = df.drop(METADATA_COLUMN)
+            rules = flow.expectations
+            checked = apply_expectations(df, rules) if rules else None
+            result.expectations = checked.metrics if checked else []
+            valid = checked.valid if checked else df
+            total = checked.total_rows if checked else None
+
+            if dataset.kind == "view":
+                valid.createOrReplaceTempView(flow.target.split(".")[-1])
+                result.num_output_rows = total
+                if batch is not None:
+                    pending_view_commits.append((checkpoint, batch_id,
+                                                 {"sources": batch.sources}))
+                return
+
+            before = delta_version(path)
+            if dataset.kind == "st":
+                checkpoint.write_offsets(batch_id, {"sources": batch.sources,
+                                                    "target_version_before": before})
+                writer = valid.write.format("delta").mode("append")
+            else:
+                writer = valid.write.format("delta").mode("overwrite") \
+                    .option("overwriteSchema", "true")
+            for key, value in self._write_options(dataset.output).items():
+                writer = writer.option(key, value)
+            partition_cols = getattr(dataset.output, "partition_cols", None)
+            if partition_cols:
+                writer = writer.partitionBy(*partition_cols)
+            writer.save(str(path))
+            after = delta_version(path)
+            if dataset.kind == "st":
+                checkpoint.write_commit(batch_id, {"sources": batch.sources,
+                                                   "target_version_before": before,
+                                                   "target_version_after": after})
+                rows = rows_added(path, before, after)
+            else:
+                rows = rows_added(path, after - 1, after)
+            if rows is None:
+                rows = valid.count()
+            result.num_output_rows = rows
+            if total is not None:
+                result.dropped_records = total - rows
+            self._register(flow.target)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
+
+    def _run_auto_cdc(self, flow, result: FlowResult, path: Path) -> None:
+        cdc = flow.definition
+        checkpoint = Checkpoint(self.spec.checkpoint_dir(flow.name))
+        replan = None
+        pending = checkpoint.pending()
+        if pending is not None:  # MERGE is idempotent: simply re-apply the same events
+            replan = pending[1]["sources"]
+        changes, batch = rewrite_streaming_reads(self.spark.readStream.table(cdc.source),
+                                                 self.spark, checkpoint, self._resolve_table,
+                                                 replan)
+        batch_id = checkpoint.next_batch_id() if pending is None else pending[0]
+        checkpoint.write_offsets(batch_id, {"sources": batch.sources})
+        outcome = apply_auto_cdc(self.spark, cdc, changes, self.table_name(flow.target), path,
+                                 self.spec.auto_cdc_state_path(flow.target.replace(".", "__")),
+                                 batch_id, self._write_options(self.graph.datasets[
+                                     flow.target].output))
+        checkpoint.write_commit(batch_id, {"sources": batch.sources,
+                                           "events": outcome.events})
+        result.num_output_rows = outcome.upserted
+
+
+def load_pipeline(path: str | Path, spark: "SparkSession | None" = None) -> Pipeline:
+    """The pipeline in folder ``path`` (with its ``pipeline.yml``), loaded and validated."""
+    if spark is None:
+        from utils.session import get_spark
+
+        spark = get_spark()
+    pipeline = Pipeline(load_spec(path), spark)
+    pipeline.load()
+    return pipeline
+
+
+def run_pipeline(path: str | Path, spark: "SparkSession | None" = None,
+                 full_refresh: bool = False, dry_run: bool = False,
+                 progress: Callable[[str], None] | None = None, timings: bool = False,
+                 raise_on_failure: bool = True, lineage: bool = True) -> PipelineRun:
+    """Load, validate and run (or only validate, ``dry_run``) the pipeline in ``path``."""
+    pipeline = load_pipeline(path, spark)
+    return pipeline.run(full_refresh=full_refresh, dry_run=dry_run, progress=progress,
+                        timings=timings, raise_on_failure=raise_on_failure, lineage=lineage)
