@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from utils import delta_ops, register_course_tables, write_table
-from utils.tables import create_table_if_missing
 
 SCHEMA = "id BIGINT, k BIGINT, v DOUBLE"
 
@@ -167,11 +166,24 @@ def test_check_constraints_reject_bad_writes(spark, data_dir):
 
 
 def test_not_null_column_rejects_nulls(spark, data_dir):
-    create_table_if_missing(spark, "silver", "demo_nn", "id BIGINT NOT NULL, note STRING")
-    spark.sql("INSERT INTO silver.demo_nn VALUES (1, 'ok')")
-    with pytest.raises(Exception, match="id"):
-        spark.sql("INSERT INTO silver.demo_nn VALUES (NULL, 'no id')")
-    assert spark.table("silver.demo_nn").count() == 1
+    assert delta_ops.create_scratch(spark, "demo_nn", "id BIGINT NOT NULL, note STRING") == "scratch.demo_nn"
+    spark.sql("INSERT INTO scratch.demo_nn VALUES (1, 'ok')")
+    with pytest.raises(Exception, match="NOT NULL constraint violated for column: id"):
+        spark.sql("INSERT INTO scratch.demo_nn VALUES (NULL, 'no id')")
+    assert spark.table("scratch.demo_nn").count() == 1
+    assert delta_ops.detail(spark, "scratch", "demo_nn")["properties"]["delta.checkpointInterval"] == "100"
+
+
+def test_schema_enforcement_then_evolution(spark, data_dir):
+    delta_ops.write_scratch(spark.createDataFrame([(1, 0, 1.0)], SCHEMA), "demo_s")
+    wider = spark.createDataFrame([(2, 0, 2.0, "x")], SCHEMA + ", extra STRING")
+    with pytest.raises(Exception, match="extra"):
+        delta_ops.write_scratch(wider, "demo_s", mode="append", fresh=False)
+    delta_ops.write_scratch(wider, "demo_s", mode="append", fresh=False, merge_schema=True)
+    rows = spark.table("scratch.demo_s").orderBy("id").collect()
+    assert [tuple(r) for r in rows] == [(1, 0, 1.0, None), (2, 0, 2.0, "x")]
+    with pytest.raises(ValueError, match="merge_schema is for scratch tables"):
+        delta_ops._write(wider, "silver", "demo_s", "append", merge_schema=True)
 
 
 def test_change_data_feed_records_merge(spark, data_dir):

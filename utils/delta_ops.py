@@ -460,15 +460,19 @@ def drop_scratch_table(spark: SparkSession, layer: str, table: str | None = None
         shutil.rmtree(path)
 
 
-def _write(df: DataFrame, layer: str, table: str, mode: str) -> str:
+def _write(df: DataFrame, layer: str, table: str, mode: str, merge_schema: bool = False) -> str:
     """Write a Delta table with the course table properties and make it resolvable by name."""
-    if layer != SCRATCH:
+    if layer != SCRATCH and not merge_schema:
         from utils.tables import write_table
 
         return write_table(df, layer, table, mode=mode)
+    if layer != SCRATCH:
+        raise ValueError("merge_schema is for scratch tables; course tables change by contract.")
     spark = df.sparkSession
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {SCRATCH}")
     writer = df.write.format("delta").mode(mode)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     for key, value in COURSE_TABLE_PROPERTIES.items():
         writer = writer.option(key, value)
     if _managed(layer):
@@ -478,17 +482,33 @@ def _write(df: DataFrame, layer: str, table: str, mode: str) -> str:
     return _register(spark, layer, table)
 
 
-def write_scratch(df: DataFrame, table: str, mode: str = "overwrite", fresh: bool = True) -> str:
+def write_scratch(df: DataFrame, table: str, mode: str = "overwrite", fresh: bool = True,
+                  merge_schema: bool = False) -> str:
     """Write ``df`` as the scratch table ``scratch.<table>`` and return that name.
 
     ``fresh=True`` (the default) deletes the table first, so a demo starts at version 0 and a
     re-run shows the same versions; ``fresh=False`` with ``mode="append"`` adds a version.
+    ``merge_schema=True`` lets the write add new columns (schema evolution).
     """
     if mode not in ("overwrite", "append"):
         raise ValueError(f"mode must be 'overwrite' or 'append', not {mode!r}")
     if fresh:
         drop_scratch_table(df.sparkSession, SCRATCH, table)
-    return _write(df, SCRATCH, table, mode)
+    return _write(df, SCRATCH, table, mode, merge_schema=merge_schema)
+
+
+def create_scratch(spark: SparkSession, table: str, schema_ddl: str) -> str:
+    """Create an empty scratch table with an explicit schema (e.g. ``NOT NULL`` columns),
+    replacing any previous one; return ``scratch.<table>``."""
+    drop_scratch_table(spark, SCRATCH, table)
+    name = table_name(SCRATCH, table)
+    props = ", ".join(f"'{k}' = '{v}'" for k, v in COURSE_TABLE_PROPERTIES.items())
+    location = ""
+    if not _managed(SCRATCH):
+        path = str(_location(SCRATCH, table)).replace("\\", "\\\\").replace("'", "\\'")
+        location = f" LOCATION '{path}'"
+    spark.sql(f"CREATE TABLE {name} ({schema_ddl}) USING delta{location} TBLPROPERTIES ({props})")
+    return name
 
 
 def change_data_feed_enabled(spark: SparkSession, layer: str, table: str | None = None) -> bool:
@@ -582,9 +602,10 @@ def read_change_feed(spark: SparkSession, layer: str, table: str | None = None,
 
 
 __all__ = [
-    "SCRATCH", "SCRATCH_PREFIX", "add_check_constraint", "change_data_feed_enabled", "constraints",
-    "create_cdf_table", "current_version", "detail", "drop_constraint", "drop_scratch_table",
-    "file_stats", "files_scanned", "history", "latest_checkpoint", "log_files", "optimize",
-    "read_change_feed", "read_commit", "read_version", "restore", "table_name", "table_path",
-    "upsert", "uses_sql", "vacuum", "write_scratch",
+    "SCRATCH", "SCRATCH_PREFIX", "add_check_constraint", "change_data_feed_enabled",
+    "constraints", "create_cdf_table", "create_scratch", "current_version", "detail",
+    "drop_constraint", "drop_scratch_table", "file_stats", "files_scanned", "history",
+    "latest_checkpoint", "log_files", "optimize", "read_change_feed", "read_commit",
+    "read_version", "restore", "table_name", "table_path", "upsert", "uses_sql", "vacuum",
+    "write_scratch",
 ]
