@@ -65,8 +65,9 @@ def payers(spark):
     ])
 
 
-# Five patients, eleven encounters (inpatient unless said otherwise):
-#   A1 F1 01-01 -> 01-05 home       index (Jan F1); next A2 admits 30 days later, emergency: READMITTED (day 30 counts)
+# Five patients, twelve encounters (inpatient unless said otherwise; F1 General, F2 North):
+#   A1 F1 01-01 -> 01-05 home       index (Jan F1); next A2 admits 30 days later, emergency:
+#                                   READMITTED (day 30 counts)
 #   A2 F2 02-04 -> 02-06 home       index (Feb F2); next A3 admits 02-06 -> 03-09 = 31 days: not
 #   A3 F1 03-09 -> 03-10 expired    not an index (died)
 #   B1 F1 01-10 -> 01-12 transfer   not an index (transferred)
@@ -406,7 +407,21 @@ def test_committed_data_dictionary_is_current():
 
 
 # ----- build: contract types and idempotence ---------------------------------------------------
+def forget_course_tables(spark) -> None:
+    """Drop this session's registrations of course tables (their files stay).
+
+    The session is shared by every test, and registering keeps the first location a name was
+    given (CREATE TABLE IF NOT EXISTS): without this, silver.encounters could still point into
+    another test's data folder.
+    """
+    for layer in ("bronze", "silver", "gold"):
+        if spark.catalog.databaseExists(layer):
+            for table in spark.catalog.listTables(layer):
+                spark.sql(f"DROP TABLE IF EXISTS {layer}.{table.name}")
+
+
 def test_build_gold_is_idempotent_and_typed(spark, data_dir):
+    forget_course_tables(spark)
     from utils.tables import write_table
 
     frames = {
