@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-from utils.contracts import accepted_values, landing_sources, load_contracts, silver_columns
+from utils.contracts import accepted_values, landing_sources, silver_columns
 from utils.expectations import (
     FAILED_RULES_COLUMN,
     METRICS_SCHEMA,
@@ -94,6 +94,9 @@ RECONCILIATION_SCHEMA = (
     "entity STRING, batch_date DATE, bronze_rows BIGINT, silver_rows BIGINT, "
     "quarantined_rows BIGINT, duplicate_rows BIGINT, balanced BOOLEAN"
 )
+
+#: Silver columns computed under another name because bronze's raw line is called ``value``.
+SILVER_COLUMN_SOURCES: dict[str, dict[str, str]] = {"lab_results": {"value": "result_value"}}
 
 #: mmol/L -> mg/dL for glucose (molar mass 180.16 g/mol).
 GLUCOSE_MMOL_TO_MGDL = 18.016
@@ -292,7 +295,7 @@ def parse_csv(bronze_df: "DataFrame", columns: Iterable[str]) -> "DataFrame":
     extras = F.map_filter(
         F.map_from_arrays(F.col("__names"),
                           F.transform(F.col("__names"), lambda _, i: F.get(F.col("__fields"), i))),
-        lambda k, _: ~F.array_contains(contract, k))
+        lambda k, v: ~F.array_contains(contract, k) & v.isNotNull())
     return _with_quality_flags(
         staged.withColumn("_raw", F.struct(*[clean_string(field_of(c)).alias(c) for c in columns]))
         .withColumn("_rescued_data", F.when(F.size(extras) > 0, F.to_json(extras)))
@@ -440,7 +443,7 @@ def parse_lab_results(bronze_df: "DataFrame") -> "DataFrame":
         patient_key(reference_id(r.subject, "Patient")).alias("patient_key"),
         F.upper(reference_id(r.encounter, "Encounter")).alias("encounter_id"),
         r.loinc_code.alias("loinc_code"),
-        _typed(r.value, "double").alias("value"),
+        _typed(r.value, "double").alias("result_value"),
         r.unit.alias("unit"),
         _typed(r.ref_low, "double").alias("ref_low"),
         _typed(r.ref_high, "double").alias("ref_high"),
@@ -700,18 +703,20 @@ def _references_lab_results(df: "DataFrame", refs: Mapping[str, "DataFrame"]) ->
     df = df.withColumn("__factor", factor)
     converted = F.col("__factor").isNotNull()
     return (df
-            .withColumn("original_value", F.col("value"))
+            .withColumn("original_value", F.col("result_value"))
             .withColumn("original_unit", F.col("unit"))
-            .withColumn("value", F.when(converted, F.round(F.col("value") * F.col("__factor"), 4))
-                        .otherwise(F.col("value")))
+            .withColumn("result_value",
+                        F.when(converted, F.round(F.col("result_value") * F.col("__factor"), 4))
+                        .otherwise(F.col("result_value")))
             .withColumn("unit", F.when(converted, F.col("__std_unit")).otherwise(F.col("unit")))
             .withColumn("_unit_standard", converted | F.col("unit").isNull())
             .withColumn("ref_low", F.coalesce(F.col("__std_low"), F.col("ref_low")))
             .withColumn("ref_high", F.coalesce(F.col("__std_high"), F.col("ref_high")))
             .withColumn("is_abnormal", F.when(
-                F.col("value").isNotNull() & F.col("ref_low").isNotNull()
+                F.col("result_value").isNotNull() & F.col("ref_low").isNotNull()
                 & F.col("ref_high").isNotNull(),
-                (F.col("value") < F.col("ref_low")) | (F.col("value") > F.col("ref_high"))))
+                (F.col("result_value") < F.col("ref_low"))
+                | (F.col("result_value") > F.col("ref_high"))))
             .drop("__loinc", "__std_unit", "__std_low", "__std_high", "__factor"))
 
 
@@ -921,7 +926,13 @@ def silver_frame(table: str, df: "DataFrame") -> "DataFrame":
     from pyspark.sql import functions as F
 
     present = set(df.columns)
-    return df.select(*[(F.col(name) if name in present else F.lit(None)).cast(type_).alias(name)
+    renamed = SILVER_COLUMN_SOURCES.get(table, {})
+
+    def source(name: str) -> "Column":
+        column = renamed.get(name, name)
+        return F.col(column) if column in present else F.lit(None)
+
+    return df.select(*[source(name).cast(type_).alias(name)
                        for name, type_ in silver_schema(table)])
 
 
