@@ -103,8 +103,8 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
     if delta_version(target_path) is None:
         empty = versions.select(*[F.col(_quote(c)) for c in target_columns]).limit(0)
         writer(empty).mode("overwrite").save(str(target_path))
-    spark.sql(f"CREATE TABLE IF NOT EXISTS {target_name} USING delta "
-              f"LOCATION '{target_path}'")
+    spark.sql(f"DROP TABLE IF EXISTS {target_name}")   # re-point: keeps the files
+    spark.sql(f"CREATE TABLE {target_name} USING delta LOCATION '{target_path}'")
 
     if scd2:
         upserts = versions.withColumn("__op", F.lit("upsert"))

@@ -69,7 +69,7 @@ class TableReference:
 
 
 def sql_table_references(sql_text: str) -> list[str]:
-    """Tables a SQL query reads (sqlglot, Spark dialect), CTE names excluded, in order."""
+    """Tables a SQL query reads (sqlglot, Spark dialect), CTE names excluded, sorted."""
     import sqlglot
     from sqlglot import exp
 
@@ -87,7 +87,7 @@ def sql_table_references(sql_text: str) -> list[str]:
                 continue
             if name not in found:
                 found.append(name)
-    return found
+    return sorted(found)
 
 
 def plan_references(df: "DataFrame", spark: "SparkSession") -> list[TableReference]:

@@ -145,9 +145,15 @@ class Pipeline:
 
     def _register(self, key: str) -> None:
         schema, table = self._schema_and_table(key)
+        self._point(schema, table, self.table_path(key))
+
+    def _point(self, schema: str, table: str, path: Path) -> None:
+        """(Re)register ``schema.table`` at ``path``; dropping first re-points a name that an
+        earlier pipeline storage (another data root, same session) registered. Dropping a table
+        with a LOCATION keeps its files (measured on Sail)."""
         self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
-        self.spark.sql(f"CREATE TABLE IF NOT EXISTS {schema}.{table} USING delta "
-                       f"LOCATION '{self.table_path(key)}'")
+        self.spark.sql(f"DROP TABLE IF EXISTS {schema}.{table}")
+        self.spark.sql(f"CREATE TABLE {schema}.{table} USING delta LOCATION '{path}'")
 
     def register_tables(self) -> list[str]:
         """Register the pipeline's existing tables and its event log in this session."""
@@ -160,14 +166,10 @@ class Pipeline:
             for schema_dir in sorted(tables_root.iterdir()):
                 for table_dir in sorted(schema_dir.iterdir()):
                     if is_delta_table(table_dir):
-                        self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_dir.name}")
-                        self.spark.sql(
-                            f"CREATE TABLE IF NOT EXISTS {schema_dir.name}.{table_dir.name} "
-                            f"USING delta LOCATION '{table_dir}'")
+                        self._point(schema_dir.name, table_dir.name, table_dir)
                         names.append(f"{schema_dir.name}.{table_dir.name}")
         if is_delta_table(self.spec.event_log_path):
-            self.spark.sql(f"CREATE TABLE IF NOT EXISTS {self.spec.schema}.{EVENT_LOG_TABLE} "
-                           f"USING delta LOCATION '{self.spec.event_log_path}'")
+            self._point(self.spec.schema, EVENT_LOG_TABLE, self.spec.event_log_path)
         return names
 
     @property
@@ -340,8 +342,9 @@ class Pipeline:
                 replan = None
                 if pending is not None:
                     pending_id, payload = pending
-                    if (path is not None and payload.get("target_version_before") is not None
-                            and (delta_version(path) or -1) > payload["target_version_before"]):
+                    before = payload.get("target_version_before")
+                    now = delta_version(path) if path is not None else None
+                    if now is not None and now > (-1 if before is None else before):
                         checkpoint.write_commit(pending_id, payload)   # the write had happened
                     else:
                         replan = payload["sources"]

@@ -1,0 +1,349 @@
+"""The local declarative-pipeline runner on tiny pipelines written to a temporary folder.
+
+Each test writes a ``pipeline.yml`` and a source file using the official ``pyspark.pipelines``
+API, lands a few text files, runs the pipeline on the session's engine and checks exact rows,
+errors and event-log contents. Pipeline names are unique per test: the catalog is per session.
+"""
+
+from __future__ import annotations
+
+import itertools
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from utils.pipelines import (
+    PipelineGraphError,
+    PipelineRunFailed,
+    load_pipeline,
+    run_pipeline,
+)
+
+_names = itertools.count()
+
+HEADER = """
+from pyspark import pipelines as dp
+from pyspark.sql import functions as F
+from utils import get_config
+from utils.pipelines.compat import (create_auto_cdc_flow, expect, expect_all_or_drop,
+                                    expect_or_drop, expect_or_fail)
+
+LANDING = str(get_config().landing_dir / "orders")
+
+
+def raw_orders():
+    return (spark.readStream.format("text").option("recursiveFileLookup", "true").load(LANDING)
+            .select(F.split("value", ",")[0].alias("id"),
+                    F.expr("try_cast(split(value, ',')[1] AS INT)").alias("amount"),
+                    F.col("_metadata.file_name").alias("file")))
+"""
+
+
+def make_pipeline(tmp_path: Path, body: str, name: str | None = None) -> Path:
+    name = name or f"p{next(_names)}"
+    folder = tmp_path / f"pipeline_{name}"
+    folder.mkdir()
+    (folder / "pipeline.yml").write_text(f"name: {name}\n")
+    (folder / "flows.py").write_text(HEADER + textwrap.dedent(body))
+    return folder
+
+
+def land(data_dir: Path, day: str, lines: list[str], file: str = "orders.csv") -> None:
+    folder = data_dir / "landing" / "orders" / day
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / file).write_text("".join(line + "\n" for line in lines))
+
+
+def rows(spark, table: str, order_by: str = "id") -> list[tuple]:
+    return [tuple(r) for r in spark.table(table).orderBy(*order_by.split(", ")).collect()]
+
+
+# ----- graph -----------------------------------------------------------------------------------
+def test_missing_input_is_named(spark, data_dir, tmp_path):
+    folder = make_pipeline(tmp_path, """
+        @dp.materialized_view
+        def totals():
+            return spark.read.table("orders_typo").groupBy().count()
+    """)
+    with pytest.raises(PipelineGraphError) as info:
+        load_pipeline(folder, spark)
+    assert ("Flow 'totals' reads 'orders_typo', which is neither a dataset of this pipeline "
+            "nor an existing table") in str(info.value)
+
+
+def test_cycle_is_named(spark, data_dir, tmp_path):
+    folder = make_pipeline(tmp_path, """
+        @dp.materialized_view
+        def a():
+            return spark.read.table("b")
+
+        @dp.materialized_view
+        def b():
+            return spark.sql("SELECT * FROM a")
+    """)
+    with pytest.raises(PipelineGraphError, match=r"cycle between datasets (a -> b -> a|b -> a -> b)"):
+        load_pipeline(folder, spark)
+
+
+def test_streaming_table_needs_a_stream(spark, data_dir, tmp_path):
+    folder = make_pipeline(tmp_path, """
+        @dp.table
+        def not_a_stream():
+            return spark.range(3)
+    """)
+    with pytest.raises(PipelineGraphError, match="reads nothing as a stream"):
+        load_pipeline(folder, spark)
+
+
+def test_inputs_from_plan_and_sql_give_execution_order(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10"])
+    folder = make_pipeline(tmp_path, """
+        @dp.materialized_view
+        def report():   # defined first, runs last; `big` is a CTE, not an input
+            return spark.sql("WITH big AS (SELECT * FROM orders WHERE amount > 5) "
+                             "SELECT count(*) AS n FROM big JOIN totals ON 1 = 1")
+
+        @dp.materialized_view
+        def totals():
+            return spark.read.table("orders").agg(F.sum("amount").alias("total"))
+
+        @dp.table
+        def orders():
+            return raw_orders()
+    """)
+    pipeline = load_pipeline(folder, spark)
+    assert pipeline.graph.order == ["orders", "totals", "report"]
+    assert pipeline.graph.flows["report"].inputs == ["orders", "totals"]
+    assert pipeline.graph.describe().splitlines() == [
+        " 1. orders [st] <- files",
+        " 2. totals [mv] <- orders",
+        " 3. report [mv] <- orders, totals",
+    ]
+    run = pipeline.run(dry_run=True)           # validates only: nothing written
+    assert run.status == "VALIDATED"
+    assert not (pipeline.spec.storage / "tables").exists()
+
+
+# ----- expectations ----------------------------------------------------------------------------
+EXPECTATIONS = """
+    @dp.table
+    def orders():
+        return raw_orders()
+
+    @dp.materialized_view
+    @expect("small_amount", "amount < 9")
+    @expect_or_drop("positive_amount", "amount > 0")
+    def valid_orders():
+        return spark.read.table("orders").select("id", "amount")
+"""
+
+
+def test_warn_counts_and_drop_removes(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10", "o2,-5", "o3,7", "o4,"])
+    folder = make_pipeline(tmp_path, EXPECTATIONS, name="expect_warn_drop")
+    run = run_pipeline(folder, spark)
+    assert rows(spark, "expect_warn_drop.valid_orders") == [("o1", 10), ("o3", 7)]
+    result = {f.flow: f for f in run.flows}["valid_orders"]
+    assert (result.num_output_rows, result.dropped_records) == (2, 2)
+    assert [(m.rule, m.action, m.passed, m.failed) for m in result.expectations] == [
+        ("small_amount", "warn", 2, 2), ("positive_amount", "drop", 2, 2)]
+
+
+def test_fail_stops_the_flow_and_skips_downstream_only(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10", "o2,-5"])
+    folder = make_pipeline(tmp_path, """
+        @dp.table
+        def orders():
+            return raw_orders()
+
+        @dp.materialized_view
+        @expect_or_fail("positive_amount", "amount > 0")
+        def checked():
+            return spark.read.table("orders").select("id", "amount")
+
+        @dp.materialized_view
+        def downstream():
+            return spark.read.table("checked")
+
+        @dp.materialized_view
+        def independent():
+            return spark.read.table("orders").select("id")
+    """, name="expect_fail")
+    with pytest.raises(PipelineRunFailed) as info:
+        run_pipeline(folder, spark, lineage=False)
+    message = str(info.value)
+    assert "checked: ExpectationFailed: Expectation 'positive_amount' (amount > 0)" in message
+    assert 'sample record: {"amount": -5, "id": "o2"}' in message
+    statuses = {f.flow: f.status for f in info.value.run.flows}
+    assert statuses == {"orders": "COMPLETED", "checked": "FAILED", "downstream": "SKIPPED",
+                        "independent": "COMPLETED"}
+    assert rows(spark, "expect_fail.independent") == [("o1",), ("o2",)]
+
+
+# ----- incremental, full refresh ------------------------------------------------------------------
+INCREMENTAL = """
+    @dp.table
+    def orders():
+        return raw_orders()
+
+    @dp.table
+    def big_orders():           # a streaming table fed by a streaming table
+        return spark.readStream.table("orders").filter("amount > 5")
+
+    @dp.materialized_view
+    def totals():
+        return spark.read.table("orders").agg(F.count(F.lit(1)).alias("n"),
+                                              F.sum("amount").alias("total"))
+"""
+
+
+def test_second_run_ingests_only_the_new_day(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10", "o2,3"])
+    folder = make_pipeline(tmp_path, INCREMENTAL, name="incremental")
+    first = run_pipeline(folder, spark, lineage=False)
+    assert [(f.flow, f.num_output_rows) for f in first.flows] == [
+        ("orders", 2), ("big_orders", 1), ("totals", 1)]
+
+    land(data_dir, "2025-01-02", ["o3,8"])
+    second = run_pipeline(folder, spark, lineage=False)
+    assert [(f.flow, f.num_output_rows) for f in second.flows] == [
+        ("orders", 1), ("big_orders", 1), ("totals", 1)]
+    assert rows(spark, "incremental.orders") == [
+        ("o1", 10, "orders.csv"), ("o2", 3, "orders.csv"), ("o3", 8, "orders.csv")]
+    assert rows(spark, "incremental.big_orders") == [("o1", 10, "orders.csv"),
+                                                     ("o3", 8, "orders.csv")]
+    assert rows(spark, "incremental.totals", "n") == [(3, 21)]
+
+    third = run_pipeline(folder, spark, lineage=False)       # nothing new: nothing appended
+    assert [f.num_output_rows for f in third.flows] == [0, 0, 1]
+    assert spark.table("incremental.orders").count() == 3
+
+
+def test_full_refresh_recomputes_everything_once(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10", "o2,3"])
+    folder = make_pipeline(tmp_path, INCREMENTAL, name="refresh")
+    run_pipeline(folder, spark, lineage=False)
+    land(data_dir, "2025-01-02", ["o3,8"])
+    run = run_pipeline(folder, spark, full_refresh=True, lineage=False)
+    assert [(f.flow, f.num_output_rows) for f in run.flows] == [
+        ("orders", 3), ("big_orders", 2), ("totals", 1)]
+    assert spark.table("refresh.orders").count() == 3
+    assert rows(spark, "refresh.totals", "n") == [(3, 21)]
+
+
+def test_interrupted_batch_is_not_written_twice(spark, data_dir, tmp_path):
+    """An offset without a commit whose write did happen is committed, not re-appended."""
+    import json
+
+    land(data_dir, "2025-01-01", ["o1,10"])
+    folder = make_pipeline(tmp_path, INCREMENTAL, name="recovery")
+    pipeline = load_pipeline(folder, spark)
+    pipeline.run(lineage=False)
+    commits = pipeline.spec.checkpoint_dir("orders") / "commits"
+    (commits / "0.json").unlink()                    # as if the run died after the write
+    run = pipeline.run(lineage=False)
+    assert run.flows[0].num_output_rows == 0
+    assert spark.table("recovery.orders").count() == 1
+    assert json.loads((commits / "0.json").read_text())["sources"]
+
+
+# ----- AUTO CDC ------------------------------------------------------------------------------------
+CDC = """
+    @dp.temporary_view
+    def changes():
+        return (spark.readStream.format("text").option("recursiveFileLookup", "true")
+                .load(str(get_config().landing_dir / "changes"))
+                .select(F.split("value", ",")[0].alias("id"),
+                        F.split("value", ",")[1].alias("op"),
+                        F.split("value", ",")[2].cast("int").alias("seq"),
+                        F.split("value", ",")[3].alias("city")))
+
+    dp.create_streaming_table("customers_scd2")
+    create_auto_cdc_flow(target="customers_scd2", source="changes", keys=["id"],
+                         sequence_by="seq", apply_as_deletes="op = 'D'",
+                         except_column_list=["op"], stored_as_scd_type=2)
+
+    dp.create_streaming_table("customers_scd1")
+    create_auto_cdc_flow(target="customers_scd1", source="changes", keys=["id"],
+                         sequence_by=F.col("seq"), apply_as_deletes=F.expr("op = 'D'"),
+                         column_list=["id", "city", "seq"], stored_as_scd_type=1)
+"""
+
+
+def land_changes(data_dir: Path, day: str, lines: list[str]) -> None:
+    folder = data_dir / "landing" / "changes" / day
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "changes.csv").write_text("".join(line + "\n" for line in lines))
+
+
+def test_auto_cdc_scd2_and_scd1_with_late_and_deleted_changes(spark, data_dir, tmp_path):
+    land_changes(data_dir, "2025-01-01", ["c1,I,1,Boston", "c2,I,1,Austin", "c1,U,3,Denver"])
+    folder = make_pipeline(tmp_path, CDC, name="cdc")
+    run_pipeline(folder, spark, lineage=False)
+    # day 2: a late change for c1 (seq 2 < 3) and a delete of c2
+    land_changes(data_dir, "2025-01-02", ["c1,U,2,Chicago", "c2,D,4,", "c3,I,5,Miami"])
+    run_pipeline(folder, spark, lineage=False)
+
+    assert spark.table("cdc.customers_scd2").columns == ["id", "seq", "city", "__START_AT",
+                                                         "__END_AT"]
+    assert rows(spark, "cdc.customers_scd2", "id, __START_AT") == [
+        ("c1", 1, "Boston", 1, 2),
+        ("c1", 2, "Chicago", 2, 3),
+        ("c1", 3, "Denver", 3, None),
+        ("c2", 1, "Austin", 1, 4),       # closed by the delete
+        ("c3", 5, "Miami", 5, None),
+    ]
+    assert rows(spark, "cdc.customers_scd1") == [("c1", "Denver", 3), ("c3", "Miami", 5)]
+
+    run = run_pipeline(folder, spark, lineage=False)          # replay: nothing changes
+    assert rows(spark, "cdc.customers_scd2", "id, __START_AT")[2] == ("c1", 3, "Denver", 3, None)
+    assert spark.table("cdc.customers_scd2").count() == 5
+    assert {f.flow: f.num_output_rows for f in run.flows}["customers_scd2"] == 0
+
+
+def test_open_source_rejects_scd2_and_the_compat_registers_it(spark):
+    from pyspark import pipelines as dp
+    from pyspark.pipelines.graph_element_registry import graph_element_registration_context
+
+    from utils.pipelines.compat import create_auto_cdc_flow
+    from utils.pipelines.registry import LocalRegistry
+
+    registry = LocalRegistry()
+    with graph_element_registration_context(registry):
+        with pytest.raises(Exception, match="stored_as_scd_type"):
+            dp.create_auto_cdc_flow(target="t", source="s", keys=["k"], sequence_by="seq",
+                                    stored_as_scd_type=2)
+        create_auto_cdc_flow(target="t", source="s", keys=["k"], sequence_by="seq",
+                             stored_as_scd_type=2)
+    (flow,) = registry.auto_cdc_flows
+    assert (flow.name, flow.target, flow.source, flow.stored_as_scd_type) == ("t", "t", "s", 2)
+    assert flow.source_code_location.filename == __file__
+
+
+# ----- event log and lineage ----------------------------------------------------------------------
+def test_event_log_has_one_row_per_flow_event_with_metrics(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10", "o2,-5", "o3,7", "o4,"])
+    folder = make_pipeline(tmp_path, EXPECTATIONS, name="events")
+    run = run_pipeline(folder, spark)
+    log = spark.table("events.event_log")
+    assert set(log.columns) >= {"id", "sequence", "origin", "timestamp", "message", "level",
+                                "event_type", "details", "error"}
+    flow_events = [tuple(r) for r in log.filter("event_type = 'flow_progress'")
+                   .orderBy("sequence").select("flow_name", "status", "num_output_rows")
+                   .collect()]
+    assert flow_events == [
+        ("orders", "QUEUED", None), ("valid_orders", "QUEUED", None),
+        ("orders", "RUNNING", None), ("orders", "COMPLETED", 4),
+        ("valid_orders", "RUNNING", None), ("valid_orders", "COMPLETED", 2),
+    ]
+    quality = [tuple(r) for r in log.selectExpr("inline(expectations)")
+               .orderBy("name").collect()]
+    assert quality == [("positive_amount", "valid_orders", "drop", 2, 2),
+                       ("small_amount", "valid_orders", "warn", 2, 2)]
+    details = log.filter("status = 'COMPLETED' AND flow_name = 'valid_orders'") \
+        .select("details").first()[0]
+    assert '"dropped_records": 2' in details and '"num_output_rows": 2' in details
+    assert [r[0] for r in log.filter("event_type != 'flow_progress'").orderBy("sequence")
+            .select("status").collect()] == ["CREATED", "COMPLETED"]
+    assert run.lineage_path.is_file() and run.lineage_path.suffix == ".png"
