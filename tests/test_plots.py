@@ -112,10 +112,11 @@ def drawn():
 def test_figure_is_titled_labeled_with_units_and_saved(name, data_dir, drawn):
     fig = FIGURES[name]()
     drawn.append(fig)
-    ax = fig.axes[0]
-    assert ax.get_title(loc="left"), name
-    assert ax.get_xlabel() and ax.get_ylabel(), name
-    assert "(" in ax.get_xlabel() + ax.get_ylabel(), f"{name}: an axis label should give its unit"
+    assert all(ax.get_title(loc="left") for ax in fig.axes if ax.get_label() != "<colorbar>"), name
+    charts = [ax for ax in fig.axes if ax.get_xlabel() and ax.get_ylabel()]
+    assert charts, f"{name}: no axes with both axis labels"
+    for ax in charts:
+        assert "(" in ax.get_xlabel() + ax.get_ylabel(), f"{name}: an axis label should give its unit"
     assert any(t.get_text().startswith("Source: ") for t in fig.texts), name
     path = get_config().reports_dir / f"{name}.png"
     assert path == data_dir / "reports" / f"{name}.png"
@@ -151,6 +152,18 @@ def test_chronic_prevalence_pools_sexes_in_band_order(data_dir, drawn):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["18-44", "75+"]
     heights = [p.get_height() for p in ax.patches]  # copd bars first (sorted), then diabetes
     assert heights == pytest.approx([0.0, 0.0, 0.25, 1.0])
+
+
+def test_dq_scorecard_table_colors_pass_rate_bands(data_dir, drawn):
+    fig = plots.dq_scorecard(scorecard(), {"encounters": 2, "claims": 0})
+    drawn.append(fig)
+    table = fig.axes[1].tables[0]
+    cells = table.get_celld()
+    # rows sorted by dataset, rule: claims.status_valid 100 %, encounters.admit_ts_present 98 %
+    # (amber band), encounters.charge_not_negative 100 %
+    assert [cells[(r, 5)].get_text().get_text() for r in (1, 2, 3)] == ["100.00%", "98.00%", "100.00%"]
+    assert cells[(2, 4)].get_text().get_text() == "2"
+    assert matplotlib.colors.to_hex(cells[(2, 5)].get_facecolor()) == plots.DQ_BANDS[1][1].lower()
 
 
 def test_dq_scorecard_data_sums_batches_per_rule():

@@ -34,6 +34,8 @@ READMISSION_TARGET = 0.15
 FIGURE_SIZE = (10.0, 5.0)
 DPI = 120
 LAYER_ORDER: tuple[str, ...] = ("landing", "bronze", "silver", "gold")
+LAYER_COLORS: dict[str, str] = {"landing": "#8DA0B6", "bronze": "#CD7F32", "silver": "#A8A9AD",
+                                "gold": "#D4AF37"}
 
 STYLE: dict[str, Any] = {
     "figure.figsize": FIGURE_SIZE,
@@ -137,6 +139,7 @@ def readmission_trend(readmissions: "DataFrame | pd.DataFrame", target: float = 
     """Monthly 30-day readmission rate, all facilities and per facility, with the target line."""
     df = _pandas(readmissions)
     df["month"] = _dates(df["month"])
+    df = df.sort_values(["facility", "month"])
     total = df.groupby("month", as_index=False)[["readmissions_30d", "index_discharges"]].sum()
     total["rate"] = total["readmissions_30d"] / total["index_discharges"]
     fig, ax = _new_figure()
@@ -300,6 +303,7 @@ def claims_denial_trend(denials: "DataFrame | pd.DataFrame", save: bool = True) 
     """Monthly claim-line denial rate per payer."""
     df = _pandas(denials)
     df["month"] = _dates(df["month"])
+    df = df.sort_values(["payer", "month"])
     fig, ax = _new_figure()
     for i, (payer, part) in enumerate(sorted(df.groupby("payer"), key=lambda kv: kv[0])):
         ax.plot(part["month"], part["denial_rate"], marker="o", linewidth=1.5,
@@ -337,40 +341,56 @@ def quarantine_counts(spark: "SparkSession", config: CourseConfig | None = None)
     return dict(sorted(found.items()))
 
 
+#: Pass-rate bands of the scorecard: (lowest pass rate, cell color, meaning).
+DQ_BANDS: tuple[tuple[float, str, str], ...] = (
+    (0.995, "#CDEBD9", ">= 99.5 %"), (0.95, "#FBE3B5", "95 - 99.5 %"), (0.0, "#F6C1B0", "< 95 %"))
+
+
+def _band_color(pass_rate: float) -> str:
+    for lowest, color, _ in DQ_BANDS:
+        if pass_rate == pass_rate and pass_rate >= lowest:  # NaN (no rows) fails every test
+            return color
+    return "#FFFFFF"
+
+
 @styled
 def dq_scorecard(scorecard: "pd.DataFrame", quarantined: dict[str, int],
                  save: bool = True) -> "Figure":
-    """Data-quality scorecard: pass rate of every silver rule, and quarantined rows per entity."""
-    df = scorecard.sort_values(["dataset", "rule"], ascending=False).reset_index(drop=True)
-    actions = sorted(df["action"].unique())
-    colors = {action: PALETTE[i % len(PALETTE)] for i, action in enumerate(actions)}
-    height = 1.5 + 0.28 * max(len(df), 4)
-    fig, (ax, axq) = _new_figure(1, 2, figsize=(13.0, height),
-                                 gridspec_kw={"width_ratios": [3, 1.2]})
-    labels = df["dataset"] + " · " + df["rule"]
-    bars = ax.barh(labels, df["pass_rate"].fillna(0), color=[colors[a] for a in df["action"]])
-    ax.bar_label(bars, labels=[f"{r:.2%}  ({f:,} failed)" for r, f in
-                               zip(df["pass_rate"].fillna(0), df["failed"])],
-                 padding=3, fontsize=8)
-    ax.set_xlim(0, 1.35)
-    _percent_axis(ax.xaxis)
-    ax.set_title("Data-quality scorecard: silver rules")
-    ax.set_xlabel("Rows passing the rule (%)")
-    ax.set_ylabel("Dataset · rule")
-    ax.grid(axis="y", visible=False)
+    """Data-quality scorecard: a table of every silver rule (rows checked, failed, pass rate,
+    colored by band) beside the quarantined rows per entity."""
     from matplotlib.patches import Patch
 
-    ax.legend(handles=[Patch(color=colors[a], label=a) for a in actions], title="Action",
-              loc="lower right")
-    entities = sorted(quarantined)
+    df = scorecard.sort_values(["dataset", "rule"]).reset_index(drop=True)
+    height = 1.8 + 0.3 * max(len(df), len(quarantined), 4)
+    fig, (axq, ax) = _new_figure(1, 2, figsize=(13.0, height),
+                                 gridspec_kw={"width_ratios": [1, 2.6]})
+    entities = sorted(quarantined, reverse=True)
     qbars = axq.barh(entities, [quarantined[e] for e in entities], color=PALETTE[3])
     axq.bar_label(qbars, labels=[f"{quarantined[e]:,}" for e in entities], padding=3, fontsize=8)
     axq.set_title("Quarantined rows")
-    axq.set_xlabel("Rows in silver.quarantine_<entity>")
+    axq.set_xlabel("Rows in silver.quarantine_<entity> (count)")
     axq.set_ylabel("Entity")
     axq.set_xlim(0, max(quarantined.values(), default=0) * 1.3 + 1)
     axq.grid(axis="y", visible=False)
-    return _finish(fig, "dq_scorecard", "silver.dq_metrics, silver.quarantine_*", save)
+
+    ax.axis("off")
+    ax.set_title("Data-quality scorecard: silver expectation rules")
+    cells = [[row.dataset, row.rule, row.action, f"{row.passed + row.failed:,}", f"{row.failed:,}",
+              "n/a" if row.pass_rate != row.pass_rate else f"{row.pass_rate:.2%}"]
+             for row in df.itertuples()]
+    colors = [["white"] * 5 + [_band_color(row.pass_rate)] for row in df.itertuples()]
+    if cells:
+        table = ax.table(cellText=cells, cellColours=colors, loc="upper center",
+                         colLabels=["dataset", "rule", "action", "rows checked", "failed",
+                                    "pass rate"], colLoc="left", cellLoc="left")
+        table.auto_set_font_size(False)
+        table.set_fontsize(10)
+        table.auto_set_column_width(list(range(6)))
+        table.scale(1, 1.6)
+    ax.legend(handles=[Patch(color=color, label=label) for _, color, label in DQ_BANDS],
+              title="Pass rate", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _finish(fig, "dq_scorecard", "silver.dq_metrics (all batches), silver.quarantine_*",
+                   save)
 
 
 def landing_row_counts(config: CourseConfig | None = None) -> dict[str, int]:
@@ -425,15 +445,21 @@ def medallion_funnel(counts: "pd.DataFrame", save: bool = True) -> "Figure":
     widest = max(widths, default=1) or 1
     fig, ax = _new_figure(figsize=(10.0, 4.5))
     positions = list(range(len(layers)))[::-1]
-    for i, (layer, width, y) in enumerate(zip(layers, widths, positions)):
-        ax.barh(y, width, left=(widest - width) / 2, color=PALETTE[i % len(PALETTE)], height=0.7)
-        ax.text(widest / 2, y, f"{width:,} rows in {tables[layer]} table(s)", ha="center",
+    previous = None
+    for layer, width, y in zip(layers, widths, positions):
+        ax.barh(y, width, left=(widest - width) / 2, color=LAYER_COLORS[layer], height=0.7)
+        change = ""
+        if previous:
+            delta = width - previous
+            change = f"\n{delta:+,} rows vs {layers[layers.index(layer) - 1]}"
+        ax.text(widest / 2, y, f"{width:,} rows in {tables[layer]} table(s){change}", ha="center",
                 va="center", fontsize=10, color="black",
-                bbox={"facecolor": "white", "alpha": 0.7, "edgecolor": "none"})
+                bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none"})
+        previous = width
     ax.set_yticks(positions, layers)
     ax.set_xlim(0, widest)
     ax.set_title("Medallion row count funnel: landing → bronze → silver → gold")
-    ax.set_xlabel("Rows (bar width, centred)")
+    ax.set_xlabel("Rows (bar width, centred; counts in the bars)")
     ax.set_ylabel("Layer")
     ax.grid(False)
     ax.set_xticks([])
