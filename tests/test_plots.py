@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import matplotlib
 import pandas as pd
@@ -209,3 +210,15 @@ def test_figures_accept_spark_frames(spark, data_dir, drawn):
     fig = plots.ed_visits_per_1000(spark.createDataFrame(ed()))
     drawn.append(fig)
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["Jan 2025", "Feb 2025"]
+
+
+def test_landing_counts_from_the_manifest(data_dir):
+    manifest = get_config().manifest_path
+    manifest.parent.mkdir(parents=True)
+    files = [{"entity": "encounters", "file": "a.csv", "rows": 3},
+             {"entity": "encounters", "file": "b.csv", "rows": 4},
+             {"entity": "claims", "file": "c.csv", "rows": 0}]
+    manifest.write_text(json.dumps({"files": files}))
+    assert plots.landing_row_counts() == {"claims": 0, "encounters": 7}
+    manifest.write_text(json.dumps({"rows": {"encounters": 7, "claims": 0}, "files": files}))
+    assert plots.landing_row_counts() == {"claims": 0, "encounters": 7}

@@ -396,13 +396,17 @@ def dq_scorecard(scorecard: "pd.DataFrame", quarantined: dict[str, int],
 def landing_row_counts(config: CourseConfig | None = None) -> dict[str, int]:
     """Data rows delivered per entity, from the generator's manifest (``_manifest.json``).
 
-    Accepts a manifest listing files with their entity and row count under ``files``.
+    The manifest's ``rows`` ({entity: rows}); older manifests without it are summed from
+    their ``files`` list (each file with its ``entity`` and ``rows``).
     """
     manifest = json.loads((config or get_config()).manifest_path.read_text(encoding="utf-8"))
     counts: dict[str, int] = {}
-    for entry in manifest.get("files", []):
-        entity = entry.get("entity")
-        counts[entity] = counts.get(entity, 0) + int(entry.get("rows", 0))
+    if isinstance(manifest.get("rows"), dict):
+        counts = {entity: int(n) for entity, n in manifest["rows"].items()}
+    else:
+        for entry in manifest.get("files", []):
+            entity = entry.get("entity")
+            counts[entity] = counts.get(entity, 0) + int(entry.get("rows", 0))
     return dict(sorted(counts.items()))
 
 
