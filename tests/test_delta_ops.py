@@ -7,8 +7,10 @@ delta-rs and checks both what delta-rs reports and that Sail reads (and writes) 
 from __future__ import annotations
 
 import pytest
+from pyspark.sql import SparkSession
 
 from utils import delta_ops, register_course_tables, write_table
+from utils.session import sail_url
 
 SCHEMA = "id BIGINT, k BIGINT, v DOUBLE"
 
@@ -222,6 +224,12 @@ def test_scratch_tables_live_outside_the_layers(spark, data_dir):
     assert delta_ops.current_version(spark, "scratch", "demo_copy") == 1
     assert (data_dir / "scratch" / "demo_copy" / "_delta_log").is_dir()
     assert register_course_tables(spark) == []  # not a course table
+    fresh = SparkSession.builder.remote(sail_url()).create()  # a new notebook's session
+    try:
+        assert delta_ops.register_scratch_tables(fresh) == ["scratch.demo_copy"]
+        assert fresh.table("scratch.demo_copy").count() == 4
+    finally:
+        fresh.stop()
 
     spark.sql("UPDATE scratch.demo_copy SET v = 10.0 WHERE id = 1")
     assert delta_ops.history(spark, "scratch.demo_copy", limit=1).first().operation == "UPDATE"

@@ -124,6 +124,16 @@ def _delta_table(layer: str, table: str | None = None, version: int | None = Non
     return DeltaTable(str(table_path(layer, table)), version=version)
 
 
+def register_scratch_tables(spark: SparkSession) -> list[str]:
+    """Register every scratch table in this session (a new notebook's catalog is empty on Sail);
+    returns their names, sorted. Nothing to do on Databricks, where they are managed tables."""
+    if _config().databricks:
+        return []
+    root = _config().scratch_path("_").parent
+    found = sorted(p.name for p in root.iterdir() if is_delta_table(p)) if root.is_dir() else []
+    return [_register(spark, SCRATCH, name) for name in found]
+
+
 def _sql_ref(spark: SparkSession, layer: str, table: str) -> str:
     """How SQL names the table: its catalog name on Databricks, ``delta.`path``` on JVM Delta,
     the registered name on Sail (which does not resolve ``delta.`path```)."""
@@ -606,6 +616,6 @@ __all__ = [
     "constraints", "create_cdf_table", "create_scratch", "current_version", "detail",
     "drop_constraint", "drop_scratch_table", "file_stats", "files_scanned", "history",
     "latest_checkpoint", "log_files", "optimize", "read_change_feed", "read_commit",
-    "read_version", "restore", "table_name", "table_path", "upsert", "uses_sql", "vacuum",
-    "write_scratch",
+    "read_version", "register_scratch_tables", "restore", "table_name", "table_path",
+    "upsert", "uses_sql", "vacuum", "write_scratch",
 ]
