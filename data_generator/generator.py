@@ -1,0 +1,919 @@
+"""Turn the simulated world into the landing zone: files per source and day, planted defects,
+and the manifest that lists every defect (the ground truth silver is tested against).
+
+Layout, file names and columns come from ``utils/contracts.yml`` (``landing:``), read at run
+time, so the contract stays the one definition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from data_generator import fmt
+from data_generator import model as M
+from data_generator.codes import load_code_table
+
+GENERATOR_VERSION = "1.0.0"
+MANIFEST_NAME = "_manifest.json"
+
+#: Columns that are never empty in a clean record (silver's null_required rule), per source.
+#: DELETE change records carry only change_id, operation, change_ts and mrn; pending claims
+#: have no allowed/paid amounts yet; denial_reason is set only on denied claims.
+REQUIRED_COLUMNS: dict[str, list[str]] = {
+    "ehr_patients": ["change_id", "operation", "change_ts", "mrn", "first_name", "last_name",
+                     "birth_date", "sex", "payer_id"],
+    "ehr_encounters": ["encounter_id", "mrn", "facility_id", "provider_npi", "encounter_class",
+                       "admit_ts", "discharge_ts", "payer_id", "primary_dx", "total_charge"],
+    "fhir_observations": ["id", "subject.reference", "encounter.reference", "code.coding.code",
+                          "effectiveDateTime", "valueQuantity.value", "valueQuantity.unit"],
+    "fhir_medications": ["id", "subject.reference", "encounter.reference",
+                         "medicationCodeableConcept.coding.code", "authoredOn"],
+    "payer_claims": ["claim_id", "line_number", "encounter_id", "mrn", "payer_id", "service_date",
+                     "cpt_code", "units", "billed_amount", "claim_status", "adjudication_date"],
+}
+
+#: Which defect types each source can carry and in which columns (manifest ``column``).
+SOURCE_DEFECTS: dict[str, dict[str, list[str] | None]] = {
+    "ehr_patients": {
+        "exact_duplicate": None, "near_duplicate": ["sex", "state"],
+        "null_required": ["birth_date", "last_name", "sex"], "unparseable_date": ["birth_date"],
+        "future_date": ["change_ts"], "impossible_age": ["birth_date"], "truncated_line": None,
+        "whitespace_case_noise": ["sex", "state"], "late_arriving": ["change_ts"],
+    },
+    "ehr_encounters": {
+        "exact_duplicate": None,
+        "near_duplicate": ["encounter_class", "admission_type", "discharge_disposition"],
+        "null_required": ["mrn", "admit_ts", "encounter_class", "facility_id"],
+        "unparseable_number": ["total_charge"], "unparseable_date": ["admit_ts"],
+        "discharge_before_admit": ["discharge_ts"], "future_date": ["discharge_ts"],
+        "invalid_code": ["primary_dx"], "orphan_foreign_key": ["mrn", "provider_npi"],
+        "truncated_line": None,
+        "whitespace_case_noise": ["encounter_class", "admission_type", "admission_source",
+                                  "discharge_disposition"],
+        "late_arriving": ["discharge_ts"],
+    },
+    "fhir_observations": {
+        "exact_duplicate": None, "null_required": ["valueQuantity.value", "subject.reference"],
+        "unparseable_date": ["effectiveDateTime"], "future_date": ["effectiveDateTime"],
+        "invalid_code": ["code.coding.code"], "orphan_foreign_key": ["encounter.reference"],
+        "truncated_line": None, "unit_mixup": ["valueQuantity.unit"],
+        "late_arriving": ["effectiveDateTime"],
+    },
+    "fhir_medications": {
+        "exact_duplicate": None,
+        "null_required": ["medicationCodeableConcept.coding.code", "subject.reference"],
+        "unparseable_date": ["authoredOn"], "future_date": ["authoredOn"],
+        "invalid_code": ["medicationCodeableConcept.coding.code"],
+        "orphan_foreign_key": ["encounter.reference"], "truncated_line": None,
+        "late_arriving": ["authoredOn"],
+    },
+    "payer_claims": {
+        "exact_duplicate": None, "near_duplicate": ["claim_status"],
+        "null_required": ["cpt_code", "billed_amount", "encounter_id"],
+        "unparseable_number": ["billed_amount", "units"], "unparseable_date": ["service_date"],
+        "future_date": ["adjudication_date"], "invalid_code": ["cpt_code"],
+        "orphan_foreign_key": ["encounter_id"], "truncated_line": None,
+        "whitespace_case_noise": ["claim_status"], "late_arriving": ["adjudication_date"],
+    },
+}
+SCHEMA_DRIFT_COLUMN = "drg_code"
+INVALID_CODES = {
+    "icd10cm": ["E11.999", "I10.X", "999.99", "J18.99", "R07.99", "ZZ9.9"],
+    "loinc": ["99999-9", "4548-5", "2345", "0000-0"],
+    "rxnorm": ["0000000", "99999999", "86097X"],
+    "cpt": ["9921", "99999", "0000T", "A999"],
+}
+ENTITY_OF_SOURCE = {"ehr_patients": "patients", "ehr_encounters": "encounters",
+                    "fhir_observations": "lab_results", "fhir_medications": "medications",
+                    "payer_claims": "claims"}
+
+
+@dataclass
+class GenerationSummary:
+    """What one run wrote: rows per entity, files, planted defects and the time it took."""
+
+    out_dir: Path
+    rows: dict[str, int]
+    files: int
+    defects: int
+    defect_counts: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.rows.values())
+
+    def __str__(self) -> str:
+        per_entity = ", ".join(f"{count:,} {name}" for name, count in self.rows.items())
+        return (f"generated {self.total_rows:,} rows ({per_entity}) in {self.files} files "
+                f"with {self.defects:,} planted defects in {self.seconds:.1f} s")
+
+
+# ----------------------------------------------------------------------------------------------
+class Frame:
+    """Records of one source as text, plus what is needed to place them in files.
+
+    ``cols`` holds CSV fields (already quoted) or NDJSON fragments (JSON literals) per record;
+    ``batch`` the day index of the batch it is delivered in; ``ts`` the sort time inside a file;
+    ``key`` the manifest record key; ``copy`` marks re-sent duplicates (sorted after
+    originals); ``defect``/``column`` the planted defect of the record ("" when clean).
+    """
+
+    def __init__(self, cols: dict[str, pa.Array], batch: np.ndarray, ts: np.ndarray,
+                 key: pa.Array, extra: dict[str, np.ndarray] | None = None):
+        self.cols = cols
+        self.batch = np.asarray(batch, dtype=np.int64)
+        self.ts = np.asarray(ts, dtype=np.int64)
+        self.key = key
+        n = len(self.batch)
+        self.copy = np.zeros(n, dtype=bool)
+        self.defect = np.full(n, "", dtype=object)
+        self.column = np.full(n, "", dtype=object)
+        self.extra = extra or {}
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+    def take(self, rows: np.ndarray) -> "Frame":
+        idx = pa.array(np.asarray(rows, dtype=np.int64))
+        out = Frame({k: pc.take(v, idx) for k, v in self.cols.items()}, self.batch[rows],
+                    self.ts[rows], pc.take(self.key, idx),
+                    {k: v[rows] for k, v in self.extra.items()})
+        out.copy, out.defect, out.column = self.copy[rows], self.defect[rows], self.column[rows]
+        return out
+
+    def append(self, other: "Frame") -> "Frame":
+        out = Frame({k: pa.concat_arrays([v, other.cols[k]]) for k, v in self.cols.items()},
+                    np.r_[self.batch, other.batch], np.r_[self.ts, other.ts],
+                    pa.concat_arrays([self.key, other.key]),
+                    {k: np.r_[v, other.extra[k]] for k, v in self.extra.items()})
+        out.copy = np.r_[self.copy, other.copy]
+        out.defect = np.r_[self.defect, other.defect]
+        out.column = np.r_[self.column, other.column]
+        return out
+
+    def set(self, column: str, rows: np.ndarray, values: list[str | None]) -> None:
+        self.cols[column] = fmt.replace_rows(self.cols[column], rows, values)
+
+    def get(self, column: str, rows: np.ndarray) -> list[str | None]:
+        return fmt.row_values(self.cols[column], rows)
+
+
+def _q(values: pa.Array) -> pa.Array:
+    """A JSON string literal (quoted, escaped)."""
+    return pc.binary_join_element_wise('"', fmt.json_string_escape(values), '"', "")
+
+
+def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
+    return pc.if_else(pa.array(np.asarray(mask, dtype=bool)), "", values)
+
+
+# ----------------------------------------------------------------------------------------------
+def build_frames(world: M.World) -> dict[str, Frame]:
+    """Clean records of every event source as text, with batch day and sort time."""
+    d0 = world.start_day
+    P, E = world.patients, world.encounters
+    payer_ids = [p[0] for p in M.PAYERS]
+    frames: dict[str, Frame] = {}
+
+    # --- patients (change records) ------------------------------------------------------------
+    ch = world.changes
+    pat, op, ver = ch["pat"], ch["op"], ch["version"]
+    v = np.maximum(ver, 0)
+    live = op != 2
+    city_idx = P["city"][pat, v]
+    cities = [c[0] for c in M.CITIES]
+    states = [c[1] for c in M.CITIES]
+    area = np.array([c[3] for c in M.CITIES])
+    zip3 = np.array([c[2] for c in M.CITIES], dtype=object)
+    phone_num = P["phone"][pat, v]
+    phone = np.char.add(np.char.add(np.char.add(area[city_idx].astype(str), "-"),
+                                    (phone_num // 10_000).astype(str)),
+                        np.char.add("-", np.char.zfill((phone_num % 10_000).astype(str), 4)))
+    zip_code = np.char.add(zip3[city_idx].astype(str),
+                           np.char.zfill(P["zip2"][pat, v].astype(str), 2))
+    address = np.char.add(np.char.add(P["street_no"][pat, v].astype(str), " "),
+                          P["street"][pat, v].astype(str))
+    n_ch = len(pat)
+    cols = {
+        "change_id": fmt.prefixed_ids("CHG", np.arange(1, n_ch + 1), 9),
+        "operation": fmt.pick(["INSERT", "UPDATE", "DELETE"], op),
+        "change_ts": fmt.timestamps(ch["ts"]),
+        "mrn": fmt.prefixed_ids("MRN", pat + 1, 7),
+        "first_name": fmt.csv_quote(pa.array(P["first_name"][pat], pa.string())),
+        "last_name": fmt.csv_quote(pa.array(P["last_name"][pat], pa.string())),
+        "birth_date": fmt.dates(P["birth_day"][pat]),
+        "sex": fmt.pick(["F", "M", "U"], P["sex"][pat]),
+        "address_line": fmt.csv_quote(pa.array(address.astype(object), pa.string())),
+        "city": fmt.pick(cities, city_idx),
+        "state": fmt.pick(states, city_idx),
+        "zip": pa.array(zip_code.astype(object), pa.string()),
+        "phone": pa.array(phone.astype(object), pa.string()),
+        "ssn": pa.array(P["ssn"][pat], pa.string()),
+        "payer_id": fmt.pick(payer_ids, P["payer"][pat, v]),
+    }
+    for name in list(cols)[4:]:
+        cols[name] = _empty_if(cols[name], ~live)
+    day = ch["ts"] // M.DAY - d0
+    frames["ehr_patients"] = Frame(cols, day, ch["ts"], cols["change_id"], {"op": op})
+    # record id order follows change time, so change_id is increasing within the export
+    # (the lexsort in the model already ordered the records by time)
+
+    # --- encounters ---------------------------------------------------------------------------
+    m = len(E["pat"])
+    icd = load_code_table("icd10cm")
+    del icd
+    enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
+    mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
+    cols = {
+        "encounter_id": enc_ids,
+        "mrn": mrn_of_enc,
+        "facility_id": pa.array(world.facilities["facility_id"][E["fac"]], pa.string()),
+        "provider_npi": pa.array(world.providers["npi"][E["prov"]], pa.string()),
+        "encounter_class": fmt.pick(M.CLASSES, E["cls"]),
+        "admit_ts": fmt.timestamps(E["admit"]),
+        "discharge_ts": fmt.timestamps(E["disch"]),
+        "admission_type": fmt.pick(M.ADMISSION_TYPES, E["adm_type"]),
+        "admission_source": fmt.pick(M.ADMISSION_SOURCES, E["adm_src"]),
+        "discharge_disposition": fmt.pick(M.DISPOSITIONS, E["disp"]),
+        "payer_id": fmt.pick(payer_ids, E["payer"]),
+        "primary_dx": pa.array(E["primary"], pa.string()),
+        "secondary_dx": pa.array(E["secondary"], pa.string()),
+        "total_charge": fmt.scaled_integers(E["charge_cents"], 2),
+    }
+    drg = pc.if_else(pa.array(E["drg"] >= 0),
+                     pc.utf8_lpad(fmt.integers(np.maximum(E["drg"], 0)), 3, "0"), "")
+    frames["ehr_encounters"] = Frame(cols, E["disch"] // M.DAY - d0, E["disch"], enc_ids,
+                                     {"drg": drg.to_numpy(zero_copy_only=False)})
+
+    # --- lab results (FHIR Observation) -----------------------------------------------------
+    L = world.labs
+    loinc = load_code_table("loinc").set_index("code")
+    lab_codes = [t[0] for t in M.LABS]
+    decimals = np.array([t[1] for t in M.LABS])
+    units = loinc.loc[lab_codes, "unit"].tolist()
+    k = len(L["enc"])
+    obs_ids = fmt.prefixed_ids("obs-", np.arange(1, k + 1), max(6, len(str(k))))
+    value_text = _fixed_by_decimals(L["value"], decimals[L["test"]])
+    low = loinc.loc[lab_codes, "ref_low"].to_numpy()
+    high = loinc.loc[lab_codes, "ref_high"].to_numpy()
+    range_dec = np.maximum(decimals, 0)
+    low_txt = [_num(x, d) for x, d in zip(low, range_dec)]
+    high_txt = [_num(x, d) for x, d in zip(high, [2 if c == "10839-9" else d for c, d in
+                                                  zip(lab_codes, range_dec)])]
+    cols = {
+        "id": _q(obs_ids),
+        "subject": _q(pc.take(mrn_of_enc, pa.array(L["enc"]))),
+        "encounter": _q(pc.take(enc_ids, pa.array(L["enc"]))),
+        "code": _q(fmt.pick(lab_codes, L["test"])),
+        "display": _q(fmt.pick(loinc.loc[lab_codes, "name"].tolist(), L["test"])),
+        "effective": _q(fmt.timestamps(L["ts"], "Z")),
+        "value": value_text,
+        "unit": _q(fmt.pick(units, L["test"])),
+        "low": fmt.pick(low_txt, L["test"]),
+        "high": fmt.pick(high_txt, L["test"]),
+    }
+    frames["fhir_observations"] = Frame(cols, L["ts"] // M.DAY - d0, L["ts"], obs_ids,
+                                        {"test": L["test"], "value": L["value"]})
+
+    # --- medications (FHIR MedicationRequest) -----------------------------------------------
+    R = world.meds
+    rx = load_code_table("rxnorm")
+    k = len(R["enc"])
+    med_ids = fmt.prefixed_ids("medrx-", np.arange(1, k + 1), max(6, len(str(k))))
+    dose = [_num(x, 3) for x in rx["dose_value"]]
+    dose_text = [f"{d} {u} {f}" for d, u, f in zip(dose, rx["dose_unit"], rx["frequency"])]
+    start_day = R["ts"] // M.DAY
+    cols = {
+        "id": _q(med_ids),
+        "status": _q(fmt.pick(["active", "completed", "stopped"], R["status"])),
+        "subject": _q(pc.take(mrn_of_enc, pa.array(R["enc"]))),
+        "encounter": _q(pc.take(enc_ids, pa.array(R["enc"]))),
+        "code": _q(fmt.pick(rx["code"].tolist(), R["drug"])),
+        "display": _q(fmt.pick(rx["name"].tolist(), R["drug"])),
+        "authored": _q(fmt.timestamps(R["ts"], "Z")),
+        "dose_text": _q(fmt.pick(dose_text, R["drug"])),
+        "dose": fmt.pick(dose, R["drug"]),
+        "dose_unit": _q(fmt.pick(rx["dose_unit"].tolist(), R["drug"])),
+        "start": _q(fmt.dates(start_day)),
+        "end": _q(fmt.dates(start_day + R["days"])),
+    }
+    frames["fhir_medications"] = Frame(cols, R["ts"] // M.DAY - d0, R["ts"], med_ids)
+
+    # --- claims -----------------------------------------------------------------------------
+    C = world.claims
+    lc = C["line_claim"]
+    enc_of_line = C["enc"][lc]
+    claim_ids = fmt.prefixed_ids("CLM", C["enc"] + 1, 9)     # one claim per encounter
+    line_claim_id = pc.take(claim_ids, pa.array(lc))
+    status = C["status"][lc]
+    pending = status == 2
+    denial = C["denial"][lc]
+    adjudicated = C["adjudicated"][lc]
+    cols = {
+        "claim_id": line_claim_id,
+        "line_number": fmt.integers(C["line_no"]),
+        "encounter_id": pc.take(enc_ids, pa.array(enc_of_line)),
+        "mrn": pc.take(mrn_of_enc, pa.array(enc_of_line)),
+        "payer_id": fmt.pick(payer_ids, E["payer"][enc_of_line]),
+        "service_date": fmt.dates(E["admit"][enc_of_line] // M.DAY),
+        "cpt_code": pa.array(C["code"], pa.string()),
+        "units": fmt.integers(C["units"]),
+        "billed_amount": fmt.scaled_integers(C["billed"], 2),
+        "allowed_amount": _empty_if(fmt.scaled_integers(C["allowed"], 2), pending),
+        "paid_amount": _empty_if(fmt.scaled_integers(C["paid"], 2), pending),
+        "claim_status": fmt.pick(M.CLAIM_STATUSES, status),
+        "denial_reason": _empty_if(fmt.pick(M.DENIAL_REASONS, np.maximum(denial, 0)),
+                                   denial < 0),
+        "adjudication_date": fmt.dates(adjudicated),
+    }
+    key = pc.binary_join_element_wise(line_claim_id, cols["line_number"], ":")
+    # sort time: adjudication day, then claim and line order
+    sort_ts = adjudicated * M.DAY + (np.arange(len(lc)) % M.DAY)
+    frames["payer_claims"] = Frame(cols, adjudicated - d0, sort_ts, key)
+    return frames
+
+
+def _num(x: float, decimals: int) -> str:
+    """Shortest plain decimal text of a number (JSON number: no trailing zeros, no exponent)."""
+    text = f"{float(x):.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def _fixed_by_decimals(values: np.ndarray, decimals: np.ndarray) -> pa.Array:
+    out = fmt.fixed(values, 0)
+    for d in np.unique(decimals):
+        if d == 0:
+            continue
+        mask = decimals == d
+        out = pc.if_else(pa.array(mask), fmt.fixed(values, int(d)), out)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+def reference_tables(world: M.World) -> dict[str, dict[str, list[str]]]:
+    """Reference entities as columns of text (facilities, providers, payers)."""
+    F, R = world.facilities, world.providers
+    return {
+        "facilities": {
+            "facility_id": list(F["facility_id"]), "facility_name": list(F["facility_name"]),
+            "facility_type": list(F["facility_type"]), "city": list(F["city"]),
+            "state": list(F["state"]), "staffed_beds": [str(b) for b in F["staffed_beds"]],
+        },
+        "providers": {
+            "npi": list(R["npi"]), "first_name": list(R["first_name"]),
+            "last_name": list(R["last_name"]), "specialty": list(R["specialty"]),
+            "facility_id": list(F["facility_id"][R["facility_idx"]]),
+        },
+        "payers": {
+            "payer_id": [p[0] for p in M.PAYERS], "payer_name": [p[1] for p in M.PAYERS],
+            "payer_type": [M.PAYER_TYPES[p[2]] for p in M.PAYERS],
+        },
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+def _noise(value: str, rng: np.random.Generator, upper_coded: bool) -> str:
+    """Whitespace or case noise that silver's trim + case normalization undoes."""
+    if upper_coded:
+        options = [value.lower(), f" {value}", f"{value.lower()} ", f" {value} "]
+    else:
+        options = [f" {value} ", value.upper(), value.title() + " ", f" {value.capitalize()}",
+                   value.upper() + " "]
+    choice = options[int(rng.integers(0, len(options)))]
+    return choice if choice != value else f" {value}"
+
+
+def _spoil_number(text: str) -> str:
+    for digit, letter in (("0", "O"), ("1", "l"), ("5", "S")):
+        if digit in text:
+            return text.replace(digit, letter, 1)
+    return text[:1] + "O" + text[1:]
+
+
+def _bad_date(rng: np.random.Generator, template: str) -> str:
+    """A date that cannot parse (month 13-19, day 32-39), keeping the template's time part."""
+    bad = f"{template[:4]}-{int(rng.integers(13, 20))}-{int(rng.integers(32, 40))}"
+    return bad + template[10:]
+
+
+def _truncate_csv(fields: list[str], rng: np.random.Generator) -> str:
+    """A record cut short: fewer fields than the header, never inside a quoted field."""
+    n = len(fields)
+    k = int(rng.integers(1, max(2, n - 2)))
+    partial = fields[k]
+    partial = "" if partial.startswith('"') else partial[: len(partial) // 2]
+    return ",".join(fields[:k]) + "," + partial
+
+
+class DefectPlanter:
+    """Plants the defects of one source into its frame and records them."""
+
+    def __init__(self, source: str, frame: Frame, rng: np.random.Generator, days: int,
+                 start_day: int, rate: float, n_patients: int, n_encounters: int,
+                 provider_npis: np.ndarray):
+        self.source, self.f, self.rng, self.days = source, frame, rng, days
+        self.start_day, self.rate = start_day, rate
+        self.n_patients, self.n_encounters = n_patients, n_encounters
+        self.provider_npis = provider_npis
+        self.used = np.zeros(len(frame), dtype=bool)
+        self.truncate_rows: list[int] = []
+
+    # ------------------------------------------------------------------------------------------
+    def eligible(self, defect: str) -> np.ndarray:
+        f = self.f
+        ok = ~self.used
+        if self.source == "ehr_patients":
+            op = f.extra["op"]
+            if defect in ("exact_duplicate", "near_duplicate", "whitespace_case_noise"):
+                ok &= op != 2
+            else:
+                ok &= op == 1                       # corrupt updates, never a patient's INSERT
+        if defect == "late_arriving":
+            ok &= f.batch <= self.days - 3
+        if defect == "unit_mixup":
+            ok &= f.extra["test"] == [t[0] for t in M.LABS].index(M.GLUCOSE)
+        return np.flatnonzero(ok)
+
+    def plan(self) -> dict[str, np.ndarray]:
+        types = list(SOURCE_DEFECTS[self.source])
+        n_defects = int(self.rng.binomial(len(self.f), self.rate)) if self.rate > 0 else 0
+        drawn = self.rng.integers(0, len(types), n_defects)
+        chosen: dict[str, np.ndarray] = {}
+        for t_idx, defect in enumerate(types):
+            want = int((drawn == t_idx).sum())
+            pool = self.eligible(defect)
+            take = min(want, len(pool))
+            rows = np.sort(self.rng.choice(pool, size=take, replace=False)) if take else \
+                np.zeros(0, dtype=np.int64)
+            self.used[rows] = True
+            chosen[defect] = rows
+        return chosen
+
+    def mark(self, rows: np.ndarray, defect: str, columns: list[str] | None) -> np.ndarray:
+        """Record the defect on ``rows`` and return the column chosen for each row."""
+        if columns:
+            picked = np.array(columns, dtype=object)[self.rng.integers(0, len(columns),
+                                                                       len(rows))]
+        else:
+            picked = np.full(len(rows), "", dtype=object)
+        self.f.defect[rows] = defect
+        self.f.column[rows] = picked
+        return picked
+
+    # ------------------------------------------------------------------------------------------
+    def run(self) -> Frame:
+        chosen = self.plan()
+        spec = SOURCE_DEFECTS[self.source]
+        f = self.f
+        for defect, rows in chosen.items():
+            if len(rows) == 0 or defect in ("exact_duplicate", "near_duplicate"):
+                continue
+            columns = self.mark(rows, defect, spec[defect])
+            getattr(self, f"_{defect}")(rows, columns)
+        copies = []
+        for defect in ("exact_duplicate", "near_duplicate"):
+            rows = chosen.get(defect, np.zeros(0, dtype=np.int64))
+            if len(rows) == 0:
+                continue
+            dup = f.take(rows)
+            dup.copy[:] = True
+            dup.batch = np.minimum(dup.batch + self.rng.integers(0, 3, len(rows)), self.days - 1)
+            dup.defect[:] = defect
+            if defect == "near_duplicate":
+                columns = np.array(spec[defect], dtype=object)[
+                    self.rng.integers(0, len(spec[defect]), len(rows))]
+                dup.column[:] = columns
+                for col in np.unique(columns):
+                    sel = np.flatnonzero(columns == col)
+                    upper = col in ("sex", "state")
+                    dup.set(col, sel, [_noise(x, self.rng, upper) for x in dup.get(col, sel)])
+            copies.append(dup)
+        for dup in copies:
+            f = f.append(dup)
+        self.f = f
+        return f
+
+    # ---- one method per defect type: edit the text of the chosen rows -------------------------
+    def _ts_column(self, column: str) -> bool:
+        return column.endswith("_ts") or column in ("effectiveDateTime", "authoredOn")
+
+    def _set(self, column: str, rows: np.ndarray, values: list[str | None]) -> None:
+        self.f.set(_FRAME_COLUMN.get(column, column), rows, values)
+
+    def _get(self, column: str, rows: np.ndarray) -> list[str | None]:
+        return self.f.get(_FRAME_COLUMN.get(column, column), rows)
+
+    def _for_each_column(self, rows: np.ndarray, columns: np.ndarray,
+                         edit: Callable[[str, np.ndarray], None]) -> None:
+        for col in np.unique(columns):
+            edit(col, rows[columns == col])
+
+    def _null_required(self, rows, columns):
+        json_source = self.source.startswith("fhir")
+        self._for_each_column(rows, columns, lambda c, r: self._set(
+            c, r, ["null" if json_source else ""] * len(r)))
+
+    def _unparseable_number(self, rows, columns):
+        self._for_each_column(rows, columns, lambda c, r: self._set(
+            c, r, [_spoil_number(x) for x in self._get(c, r)]))
+
+    def _unparseable_date(self, rows, columns):
+        def edit(c, r):
+            values = self._get(c, r)
+            quoted = values[0].startswith('"')
+            self._set(c, r, [('"' + _bad_date(self.rng, x[1:-1]) + '"') if quoted
+                             else _bad_date(self.rng, x) for x in values])
+        self._for_each_column(rows, columns, edit)
+
+    def _future_date(self, rows, columns):
+        # the event moves 3-40 days past its batch date (silver allows at most one day)
+        day = (self.start_day + self.f.batch[rows] + self.rng.integers(3, 41, len(rows)))
+        secs = day * M.DAY + self.rng.integers(6 * 3600, 20 * 3600, len(rows)) // 60 * 60
+        col = columns[0]
+        if col == "adjudication_date":
+            values = fmt.row_values(fmt.dates(day), np.arange(len(rows)))
+        elif self.source.startswith("fhir"):
+            values = ['"' + x + '"' for x in fmt.timestamps(secs, "Z").to_pylist()]
+        else:
+            values = fmt.timestamps(secs).to_pylist()
+        self._set(col, rows, values)
+
+    def _impossible_age(self, rows, columns):
+        change_day = self.start_day + self.f.batch[rows]
+        birth = change_day - self.rng.integers(121 * 366, 140 * 365, len(rows))
+        self._set("birth_date", rows, fmt.dates(birth).to_pylist())
+
+    def _discharge_before_admit(self, rows, columns):
+        # admit moves 1-6 hours after discharge; the discharge (event) date stays in its batch
+        disch = self._get("discharge_ts", rows)
+        secs = (np.array(disch, dtype="datetime64[s]").astype(np.int64)
+                + self.rng.integers(1, 7, len(rows)) * 3600)
+        self._set("admit_ts", rows, fmt.timestamps(secs).to_pylist())
+
+    def _invalid_code(self, rows, columns):
+        table = {"ehr_encounters": "icd10cm", "fhir_observations": "loinc",
+                 "fhir_medications": "rxnorm", "payer_claims": "cpt"}[self.source]
+        bad = INVALID_CODES[table]
+        values = [bad[int(i)] for i in self.rng.integers(0, len(bad), len(rows))]
+        if self.source.startswith("fhir"):
+            values = ['"' + x + '"' for x in values]
+        self._set(columns[0], rows, values)
+
+    def _orphan_foreign_key(self, rows, columns):
+        def edit(c, r):
+            n = len(r)
+            if c == "mrn":
+                numbers = self.rng.integers(max(self.n_patients + 1, 8_000_000), 10_000_000, n)
+                values = [f"MRN{x:07d}" for x in numbers]
+            elif c == "provider_npi":
+                bases = self.rng.integers(100_000_000, 300_000_000, 4 * n + 8)
+                npis = M.npi_numbers(bases).astype(str)
+                npis = npis[~np.isin(npis, self.provider_npis)]
+                values = list(npis[:n])
+            else:
+                numbers = self.rng.integers(900_000_000, 1_000_000_000, n)
+                values = [f"ENC{x:09d}" for x in numbers]
+                if self.source.startswith("fhir"):
+                    values = ['"' + x + '"' for x in values]
+            self._set(c, r, values)
+        self._for_each_column(rows, columns, edit)
+
+    def _truncated_line(self, rows, columns):
+        self.truncate_rows.extend(int(r) for r in rows)
+
+    def _whitespace_case_noise(self, rows, columns):
+        self._for_each_column(rows, columns, lambda c, r: self._set(
+            c, r, [_noise(x, self.rng, c in ("sex", "state")) for x in self._get(c, r)]))
+
+    def _unit_mixup(self, rows, columns):
+        # glucose delivered in mmol/L (value and reference range), silver converts x18.016
+        mg = self.f.extra["value"][rows]
+        self._set("value", rows, [_num(x / 18.016, 1) for x in mg])
+        self._set("unit", rows, ['"mmol/L"'] * len(rows))
+        self._set("low", rows, ["3.9"] * len(rows))
+        self._set("high", rows, ["5.5"] * len(rows))
+
+    def _late_arriving(self, rows, columns):
+        delay = self.rng.integers(2, 8, len(rows))
+        self.f.batch[rows] = np.minimum(self.f.batch[rows] + delay, self.days - 1)
+
+
+#: NDJSON defect column names -> the fragment that holds the value
+_FRAME_COLUMN = {"valueQuantity.value": "value", "subject.reference": "subject",
+                 "encounter.reference": "encounter", "code.coding.code": "code",
+                 "medicationCodeableConcept.coding.code": "code",
+                 "effectiveDateTime": "effective", "authoredOn": "authored",
+                 "valueQuantity.unit": "unit"}
+
+OBSERVATION_TEMPLATE = [
+    '{"resourceType":"Observation","id":', "id", ',"status":"final","subject":{"reference":',
+    "subject", '},"encounter":{"reference":', "encounter",
+    '},"code":{"coding":[{"system":"http://loinc.org","code":', "code", ',"display":', "display",
+    '}]},"effectiveDateTime":', "effective", ',"valueQuantity":{"value":', "value", ',"unit":',
+    "unit", '},"referenceRange":[{"low":{"value":', "low", ',"unit":', "unit",
+    '},"high":{"value":', "high", ',"unit":', "unit", "}}]}",
+]
+MEDICATION_TEMPLATE = [
+    '{"resourceType":"MedicationRequest","id":', "id", ',"status":', "status",
+    ',"intent":"order","subject":{"reference":', "subject", '},"encounter":{"reference":',
+    "encounter", '},"medicationCodeableConcept":{"coding":[{"system":'
+    '"http://www.nlm.nih.gov/research/umls/rxnorm","code":', "code", ',"display":', "display",
+    '}]},"authoredOn":', "authored", ',"dosageInstruction":[{"text":', "dose_text",
+    ',"doseAndRate":[{"doseQuantity":{"value":', "dose", ',"unit":', "dose_unit",
+    '}}]}],"dispenseRequest":{"validityPeriod":{"start":', "start", ',"end":', "end", "}}}",
+]
+TEMPLATES = {"fhir_observations": OBSERVATION_TEMPLATE, "fhir_medications": MEDICATION_TEMPLATE}
+
+
+def _references_prefix(frame: Frame) -> None:
+    """FHIR references are ``Patient/<mrn>`` and ``Encounter/<id>`` (JSON null stays null)."""
+    for column, prefix in (("subject", "Patient/"), ("encounter", "Encounter/")):
+        values = frame.cols[column]
+        is_null = pc.equal(values, "null")
+        prefixed = pc.binary_join_element_wise('"' + prefix, pc.utf8_slice_codeunits(values, 1),
+                                               "")
+        frame.cols[column] = pc.if_else(is_null, values, prefixed)
+
+
+# ----------------------------------------------------------------------------------------------
+def compose_lines(source: str, frame: Frame, columns: list[str]) -> pa.Array:
+    """One text line per record, each ending with a newline."""
+    if source in TEMPLATES:
+        _references_prefix(frame)
+        parts = [frame.cols[p] if p in frame.cols else p for p in TEMPLATES[source]]
+    else:
+        parts = []
+        for i, c in enumerate(columns):
+            if i:
+                parts.append(",")
+            parts.append(frame.cols[c])
+    if len(frame) == 0:
+        return pa.array([], pa.string())
+    return pc.binary_join_element_wise(*parts, "\n", "")
+
+
+def clean_generation_args(patients: int, days: int, seed: int, defect_rate: float,
+                          start_date: date) -> None:
+    """Clear messages for impossible parameters (raised as ValueError)."""
+    if not isinstance(patients, (int, np.integer)) or patients < 1:
+        raise ValueError(f"--patients must be a positive whole number (got {patients!r})")
+    if patients > 5_000_000:
+        raise ValueError(f"--patients must be at most 5,000,000 (got {patients:,}): MRNs have "
+                         "seven digits and part of the range is kept for planted orphans")
+    if not isinstance(days, (int, np.integer)) or days < 1:
+        raise ValueError(f"--days must be a positive whole number of days (got {days!r})")
+    if days > 3660:
+        raise ValueError(f"--days must be at most 3660 (got {days})")
+    if not 0 <= defect_rate <= 0.2:
+        raise ValueError(f"--defect-rate must be between 0 and 0.2 (got {defect_rate})")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"--seed must be a non-negative whole number (got {seed!r})")
+    if not isinstance(start_date, date):
+        raise ValueError(f"--start-date must be a date YYYY-MM-DD (got {start_date!r})")
+
+
+def prepare_out_dir(out_dir: Path) -> None:
+    """Create ``out_dir`` (or empty a previous landing zone there); fail clearly if unwritable."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {out_dir} cannot be created: {err.strerror or err}") from err
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out_dir} is not writable (permission denied)")
+    entries = [p for p in out_dir.iterdir()]
+    if entries and not (out_dir / MANIFEST_NAME).exists():
+        raise ValueError(f"--out {out_dir} is not empty and holds no {MANIFEST_NAME}: refusing "
+                         "to delete files that the generator did not write")
+    for entry in entries:     # a previous run's landing zone: rewrite it completely
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def _write_file(path: Path, header: str | None, lines: pa.Array) -> None:
+    """Header plus the lines' bytes straight from the Arrow buffer (no Python join)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as handle:
+        if header is not None:
+            handle.write(header.encode("utf-8"))
+        if len(lines):
+            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32,
+                                    count=lines.offset + len(lines) + 1)[lines.offset:]
+            data = lines.buffers()[2]
+            handle.write(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+
+
+def _csv_line(values: list[str]) -> str:
+    out = []
+    for v in values:
+        v = "" if v is None else str(v)
+        out.append('"' + v.replace('"', '""') + '"' if any(ch in v for ch in ',"\r\n') else v)
+    return ",".join(out) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------
+def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 42,
+             defect_rate: float = 0.02, start_date: date = date(2025, 1, 1),
+             progress: bool = False, readmission_rate: float = 0.12) -> GenerationSummary:
+    """Generate the landing zone into ``out_dir`` (rewritten completely) and its manifest.
+
+    Same arguments -> byte-identical files. Returns what was written (rows per entity, files,
+    planted defects, seconds).
+    """
+    from utils.contracts import landing_sources
+
+    started = time.perf_counter()
+    clean_generation_args(patients, days, seed, defect_rate, start_date)
+    if not 0 <= readmission_rate <= 0.8:
+        raise ValueError(f"readmission_rate must be between 0 and 0.8 (got {readmission_rate})")
+    out = Path(out_dir)
+    prepare_out_dir(out)
+    sources = landing_sources()
+    bar = _progress(progress, total=8)
+
+    world = M.simulate(patients, days, seed, start_date, readmission_rate)
+    bar.update(1)
+    frames = build_frames(world)
+    bar.update(1)
+    day_names = (np.datetime64(start_date, "D") + np.arange(days)).astype(str)
+
+    files: list[dict[str, Any]] = []
+    defects: list[dict[str, Any]] = []
+    rows_per_entity: dict[str, int] = {}
+    # one generator per source, derived from the seed: planting in one source never shifts
+    # another source's random stream
+    seed_seq = np.random.SeedSequence([seed, 7])
+    source_rngs = dict(zip(["reference", *ENTITY_OF_SOURCE.values()],
+                           [np.random.default_rng(s) for s in seed_seq.spawn(6)]))
+
+    # --- reference files, delivered once on the first day -----------------------------------
+    ref_spec = sources["reference"]
+    ref = reference_tables(world)
+    for entity, spec in ref_spec["entities"].items():
+        table = ref[entity]
+        columns = spec["columns"]
+        rows = [[table[c][i] for c in columns] for i in range(len(table[columns[0]]))]
+        planted: list[tuple[int, str, str]] = []      # (row index, defect, column)
+        if defect_rate > 0 and entity == "facilities":
+            # one facility state delivered lower case with a blank (" oh"): standardized
+            i = int(source_rngs["reference"].integers(0, len(rows)))
+            col = columns.index("state")
+            rows[i][col] = " " + rows[i][col].lower()
+            planted.append((i, "whitespace_case_noise", "state"))
+        if defect_rate > 0 and entity == "providers":
+            # the reference extract repeats one provider row at its end: silver drops the copy
+            i = int(source_rngs["reference"].integers(0, len(rows)))
+            rows.append(list(rows[i]))
+            planted.append((len(rows) - 1, "exact_duplicate", ""))
+        rel = f"reference/{day_names[0]}/{spec['file']}"
+        text = _csv_line(columns) + "".join(_csv_line(r) for r in rows)
+        path = out / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(text.encode("utf-8"))
+        files.append({"source": "reference", "entity": entity, "file": rel,
+                      "format": "csv", "rows": len(rows)})
+        key_col = columns.index(spec["key"][0])
+        for i, defect, col in planted:
+            defects.append({"defect_type": defect, "source": "reference", "file": rel,
+                            "line": i + 2, "record_key": rows[i][key_col],
+                            "column": col or None})
+        rows_per_entity[entity] = len(rows)
+    bar.update(1)
+
+    # --- event sources: defects, ordering, files ----------------------------------------------
+    provider_npis = world.providers["npi"].astype(str)
+    for source, entity in ENTITY_OF_SOURCE.items():
+        spec = sources[source]
+        rng = source_rngs[entity]
+        planter = DefectPlanter(source, frames[source], rng, days, world.start_day, defect_rate,
+                                patients, len(world.encounters["pat"]), provider_npis)
+        frame = planter.run()
+        truncate = np.zeros(len(frame), dtype=bool)
+        truncate[planter.truncate_rows] = True
+        order = np.lexsort((np.arange(len(frame)), frame.ts, frame.copy, frame.batch))
+        frame = frame.take(order)
+        truncate = truncate[order]
+        is_csv = spec["format"] == "csv"
+        columns = spec.get("columns", [])
+        drift_day = -1
+        if is_csv and source == "ehr_encounters" and defect_rate > 0 and days >= 3:
+            counts = np.bincount(frame.batch, minlength=days)
+            candidates = np.flatnonzero(counts[days // 3: max(days // 3 + 1, 2 * days // 3)])
+            if len(candidates):
+                drift_day = days // 3 + int(candidates[int(rng.integers(0, len(candidates)))])
+        if drift_day >= 0:
+            in_drift = frame.batch == drift_day
+            drg = pa.array(np.where(in_drift, frame.extra["drg"], ""), pa.string())
+            frame.cols[columns[-1]] = pc.binary_join_element_wise(
+                frame.cols[columns[-1]], pc.if_else(pa.array(in_drift), ",", ""), drg, "")
+        lines = compose_lines(source, frame, columns)
+        if truncate.any():
+            rows_t = np.flatnonzero(truncate)
+            if is_csv:
+                fields = [frame.get(c, rows_t) for c in columns]
+                new = [_truncate_csv([fl[i] for fl in fields], rng) + "\n"
+                       for i in range(len(rows_t))]
+            else:
+                old = fmt.row_values(lines, rows_t)
+                new = []
+                for text in old:
+                    cut = int(len(text) * (0.3 + 0.5 * rng.random()))
+                    new.append(text[:cut] + "\n")
+            lines = fmt.replace_rows(lines, rows_t, new)
+
+        # files: one per day (header-only / empty when a day has no records)
+        bounds = np.searchsorted(frame.batch, np.arange(days + 1))
+        first_line = 2 if is_csv else 1
+        line_no = np.arange(len(frame)) - bounds[frame.batch] + first_line
+        pattern = spec["file_pattern"]
+        keys = frame.key.to_pylist() if frame.defect.any() else []
+        for d in range(days):
+            day_name = day_names[d]
+            rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
+            header = None
+            if is_csv:
+                header = ",".join(columns + ([SCHEMA_DRIFT_COLUMN] if d == drift_day else []))
+                header += "\n"
+            lo, hi = int(bounds[d]), int(bounds[d + 1])
+            _write_file(out / rel, header, lines.slice(lo, hi - lo))
+            files.append({"source": source, "entity": entity, "file": rel,
+                          "format": spec["format"], "rows": hi - lo})
+            if d == drift_day:
+                defects.append({"defect_type": "schema_drift", "source": source, "file": rel,
+                                "line": 1, "record_key": None, "column": SCHEMA_DRIFT_COLUMN})
+            for i in np.flatnonzero(frame.defect[lo:hi] != "") + lo:
+                defects.append({"defect_type": str(frame.defect[i]), "source": source,
+                                "file": rel, "line": int(line_no[i]), "record_key": keys[i],
+                                "column": str(frame.column[i]) or None})
+        rows_per_entity[entity] = len(frame)
+        bar.update(1)
+
+    defect_counts: dict[str, int] = {}
+    for d in defects:
+        defect_counts[d["defect_type"]] = defect_counts.get(d["defect_type"], 0) + 1
+    defect_counts = dict(sorted(defect_counts.items()))
+    manifest = {
+        "generator": "data_generator",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "parameters": {"patients": patients, "days": days, "seed": seed,
+                       "defect_rate": defect_rate, "start_date": start_date.isoformat(),
+                       "readmission_rate": readmission_rate},
+        "batch_dates": [str(x) for x in day_names],
+        "rows": rows_per_entity,
+        "required_columns": REQUIRED_COLUMNS,
+        "defect_counts": defect_counts,
+        "files": files,
+        "defects": defects,
+    }
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    bar.close()
+    return GenerationSummary(out_dir=out, rows=rows_per_entity, files=len(files),
+                             defects=len(defects), defect_counts=defect_counts,
+                             seconds=time.perf_counter() - started)
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="generating", unit="step", leave=False)
+
+
+def load_manifest(landing_dir: str | os.PathLike | None = None) -> dict:
+    """The manifest of a landing zone (default: the configured one)."""
+    if landing_dir is None:
+        from utils.config import get_config
+
+        landing_dir = get_config().landing_dir
+    path = Path(landing_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"No {MANIFEST_NAME} in {landing_dir}: run `make data` first")
+    return json.loads(path.read_text(encoding="utf-8"))
