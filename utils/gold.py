@@ -295,8 +295,10 @@ def bed_occupancy_daily(encounters: DataFrame, facilities: DataFrame) -> DataFra
 def active_patients_by_month(patients: DataFrame, months: DataFrame) -> DataFrame:
     """Patients registered at the end of each month of ``months`` (column ``month``).
 
-    A patient counts when a version of theirs in the SCD2 ``silver.patients`` is valid at the
-    first instant of the next month and is not a deletion (an as-of join on the history).
+    An as-of join on the SCD2 history: a patient counts when one of their versions opened
+    before the first instant of the next month and was not closed before it. A DELETE closes
+    the last version (``valid_to`` = the delete time), which ends the registration; a version
+    flagged ``is_deleted`` without a ``valid_to`` (a tombstone) never counts.
     """
     from pyspark.sql import functions as F
 

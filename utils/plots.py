@@ -320,11 +320,20 @@ def claims_denial_trend(denials: "DataFrame | pd.DataFrame", save: bool = True) 
 
 # ----- pipeline figures ------------------------------------------------------------------------
 def dq_scorecard_data(metrics: "DataFrame | pd.DataFrame") -> "pd.DataFrame":
-    """Pass rate per dataset and rule from ``silver.dq_metrics`` (passed/failed summed over
-    batches), sorted by dataset and rule: dataset, rule, action, passed, failed, pass_rate."""
+    """Pass rate per dataset and rule from ``silver.dq_metrics``, sorted by dataset and rule:
+    dataset, rule, action, passed, failed, pass_rate.
+
+    ``dq_metrics`` keeps one set of rows per silver run (``run_id``), and silver is rebuilt
+    from all of bronze, so re-runs repeat the same batch's numbers: one row is kept per
+    dataset, batch and rule (the one that counted the most rows), then batches are summed.
+    """
     df = _pandas(metrics)
-    by = (df.groupby(["dataset", "rule", "action"], as_index=False)[["passed", "failed"]].sum()
-          .sort_values(["dataset", "rule"]).reset_index(drop=True))
+    batch = ["batch_date"] if "batch_date" in df.columns else []
+    df["_rows"] = df["passed"] + df["failed"]
+    df = (df.sort_values(["dataset", *batch, "rule", "_rows"], ascending=True, na_position="first")
+          .drop_duplicates(["dataset", *batch, "rule", "action"], keep="last"))
+    by = (df.groupby(["dataset", "rule", "action"], as_index=False, dropna=False)[["passed", "failed"]]
+          .sum().sort_values(["dataset", "rule"]).reset_index(drop=True))
     total = by["passed"] + by["failed"]
     by["pass_rate"] = (by["passed"] / total.where(total > 0)).round(4)
     return by
