@@ -44,47 +44,59 @@ into NULL the write is refused with the column name and a sample value.
 
 from __future__ import annotations
 
-import csv
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Iterable
 
-from utils.contracts import accepted_values, landing_sources, silver_columns
-from utils.expectations import (
-    FAILED_RULES_COLUMN,
-    Expectation,
+from utils.contracts import accepted_values, silver_columns
+from utils.expectations import FAILED_RULES_COLUMN, METRICS_SCHEMA, Expectation, apply_expectations
+from utils.phi import hash_identifier, patient_key
+from utils.silver import (
+    ARRIVAL_ORDER,
+    DEDUP_LOG_SCHEMA,
+    FUTURE_TOLERANCE_DAYS,
+    LINEAGE_SCHEMA,
+    RECONCILIATION_SCHEMA,
+    deduplicate,
+    dedup_log_frame,
+    is_unparseable,
+    landing_columns,
+    lost_values,
+    metrics_by_batch,
+    parse_csv,
+    standardize_code,
 )
-from utils.phi import patient_key
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
-SOURCE = "ehr_patients"
+ENTITY = "patients"
 LAYER = "silver"
-DATASET = "silver.patients"
 
-#: Lineage carried by every silver table (from bronze).
-LINEAGE_COLUMNS: tuple[str, ...] = ("_source_file", "_line_number", "_batch_date", "_ingest_run_id")
-LINEAGE_DDL = "_source_file STRING, _line_number INT, _batch_date DATE, _ingest_run_id STRING"
-
-#: First arrival wins when the same change is delivered twice.
-ARRIVAL_ORDER: tuple[str, ...] = ("_batch_date", "_source_file", "_line_number")
+#: Lineage (and rescued data) every silver table carries, from bronze (same as utils.silver).
+LINEAGE_COLUMNS: tuple[str, ...] = tuple(name for name, _ in LINEAGE_SCHEMA)
+LINEAGE_DDL = ", ".join(f"{name} {type_}" for name, type_ in LINEAGE_SCHEMA)
 
 #: Attributes of a patient version (no direct identifiers).
 VERSION_ATTRIBUTES: tuple[str, ...] = ("birth_date", "sex", "city", "state", "zip3", "payer_id")
 
-#: The pseudonymised change log (silver.patient_changes).
+#: The pseudonymised change log, silver.patient_changes (one row per valid change record).
 PATIENT_CHANGES_DDL = (
     "change_id STRING, operation STRING, change_ts TIMESTAMP, patient_key STRING, "
     "birth_date DATE, sex STRING, city STRING, state STRING, zip3 STRING, payer_id STRING, "
     + LINEAGE_DDL
 )
 
-#: silver.dedup_log: one row per line removed as a duplicate, pointing at the line kept.
-DEDUP_LOG_DDL = (
-    "run_id STRING, dataset STRING, key STRING, _source_file STRING, _line_number INT, "
-    "_batch_date DATE, kept_source_file STRING, kept_line_number INT, kept_batch_date DATE"
-)
+#: Tables written by :func:`build_patients` (all in the silver layer).
+TABLES = {
+    "changes": "silver.patient_changes",
+    "patients": "silver.patients",
+    "current": "silver.patients_current",
+    "restricted": "silver.patients_restricted",
+    "quarantine": "silver.quarantine_patients",
+    "dedup_log": "silver.dedup_log",
+    "dq_metrics": "silver.dq_metrics",
+}
 
 MAX_AGE_YEARS = 120
 
@@ -94,31 +106,30 @@ class SchemaMismatch(ValueError):
 
 
 # ----- schemas ---------------------------------------------------------------------------------
-def _contract_ddl(table: str) -> str:
-    return ", ".join(f"{name} {spec['type']}" for name, spec in silver_columns(table).items())
+def _contract_ddl(table: str, skip: Iterable[str] = ()) -> str:
+    cols = [f"{n} {s['type']}" for n, s in silver_columns(table).items() if n not in set(skip)]
+    return ", ".join(cols) + ", " + LINEAGE_DDL
 
 
 def patients_ddl() -> str:
     """silver.patients: the contract's columns, then lineage of the change opening the version."""
-    return _contract_ddl("patients") + ", " + LINEAGE_DDL
+    return _contract_ddl("patients")
 
 
 def patients_current_ddl() -> str:
     """silver.patients_current: a current version without the SCD2 bookkeeping columns."""
-    cols = [f"{n} {s['type']}" for n, s in silver_columns("patients").items()
-            if n not in ("valid_to", "is_current", "is_deleted")]
-    return ", ".join(cols) + ", " + LINEAGE_DDL
+    return _contract_ddl("patients", skip=("valid_to", "is_current", "is_deleted"))
 
 
 def patients_restricted_ddl() -> str:
     """silver.patients_restricted: the contract's PHI columns, then lineage."""
-    return _contract_ddl("patients_restricted") + ", " + LINEAGE_DDL
+    return _contract_ddl("patients_restricted")
 
 
 def quarantine_ddl(bronze_df: "DataFrame") -> str:
     """silver.quarantine_patients: the bronze columns as they are, then ``_failed_rules``."""
     cols = [f"{f.name} {f.dataType.simpleString()}" for f in bronze_df.schema.fields]
-    return ", ".join(cols) + f", {FAILED_RULES_COLUMN} ARRAY<STRING>"
+    return ", ".join(cols) + f", {FAILED_RULES_COLUMN} array<string>"
 
 
 def _struct(spark: "SparkSession", ddl: str):
@@ -129,8 +140,9 @@ def conform(df: "DataFrame", ddl: str) -> "DataFrame":
     """``df`` with exactly the columns and types of ``ddl``, or :class:`SchemaMismatch`.
 
     Missing or extra columns are refused. A column of another type is cast with ``try_cast``
-    and checked: if any non-NULL value became NULL (``'abc'`` into INT, ``2**40`` into INT),
-    nothing is written. This is the check that stops Sail's silent NULL on a wrong-type append.
+    after checking (``utils.silver.lost_values``) that no non-NULL value would become NULL
+    (``'abc'`` into INT, ``2**40`` into INT): if one would, nothing is written. This is the
+    check that stops Sail's silent NULL on a wrong-type write.
     """
     from pyspark.sql import functions as F
 
@@ -142,21 +154,15 @@ def conform(df: "DataFrame", ddl: str) -> "DataFrame":
         raise SchemaMismatch(f"columns do not match the table schema: missing {missing}, "
                              f"unexpected {extra}")
     casts = [f for f in expected.fields if actual[f.name] != f.dataType]
-    if casts:
-        lost = df.agg(*[
-            F.sum(F.when(F.col(f.name).isNotNull() & F.col(f.name).try_cast(f.dataType).isNull(),
-                         1).otherwise(0)).alias(f.name)
-            for f in casts
-        ]).first()
-        bad = [f for f in casts if lost[f.name]]
-        if bad:
-            f = bad[0]
-            sample = (df.where(F.col(f.name).isNotNull() & F.col(f.name).try_cast(f.dataType).isNull())
-                      .select(F.col(f.name).cast("string")).orderBy(1).first()[0])
-            raise SchemaMismatch(
-                f"column {f.name}: {lost[f.name]} value(s) of type "
-                f"{actual[f.name].simpleString()} do not fit {f.dataType.simpleString()} "
-                f"(e.g. {sample!r}); refusing to write NULLs instead")
+    lost = lost_values(df, [(f.name, f.dataType.simpleString()) for f in casts]) if casts else {}
+    if lost:
+        name = sorted(lost)[0]
+        target = expected[name].dataType
+        sample = (df.where(F.col(name).isNotNull() & F.col(name).try_cast(target).isNull())
+                  .select(F.col(name).cast("string")).orderBy(1).first()[0])
+        raise SchemaMismatch(
+            f"column {name}: {lost[name]} value(s) of type {actual[name].simpleString()} do not "
+            f"fit {target.simpleString()} (e.g. {sample!r}); refusing to write NULLs instead")
     return df.select(*[
         (F.col(f.name) if actual[f.name] == f.dataType else F.col(f.name).try_cast(f.dataType))
         .alias(f.name) for f in expected.fields])
@@ -202,6 +208,16 @@ def _sql_name(name: str) -> str:
     return ".".join(f"`{part}`" for part in name.split("."))
 
 
+def _run_merge(spark: "SparkSession", source: "DataFrame", sql_template: str) -> None:
+    """Run ``sql_template`` (with ``{source}``) against ``source`` as a temporary view."""
+    view = f"__merge_source_{uuid.uuid4().hex[:12]}"
+    source.createOrReplaceTempView(view)
+    try:
+        spark.sql(sql_template.format(source=view)).collect()
+    finally:
+        spark.catalog.dropTempView(view)
+
+
 def merge_changes(spark: "SparkSession", source: "DataFrame", target: str, ddl: str,
                   keys: Iterable[str], scope: "DataFrame | None" = None) -> MergeResult:
     """Make ``target`` equal to ``source`` (within ``scope``) with one SQL MERGE of the diff.
@@ -209,8 +225,12 @@ def merge_changes(spark: "SparkSession", source: "DataFrame", target: str, ddl: 
     ``source`` is the complete desired content of the target rows in scope: rows missing from
     the target are inserted, rows that differ on a non-key column are updated, and target rows
     in scope whose key is not in ``source`` are deleted. ``scope`` (a DataFrame of values of
-    some key columns, e.g. the affected ``patient_key``s) limits the deletes; ``None`` means the
+    some columns, e.g. the affected ``patient_key``s) limits the deletes; ``None`` means the
     whole table. When nothing differs no MERGE runs, so a replay adds no Delta version.
+
+    The deletes are staged as source rows flagged ``__op = 'delete'`` (WHEN MATCHED ... THEN
+    DELETE) rather than ``WHEN NOT MATCHED BY SOURCE AND key IN (subquery)``: MERGE conditions
+    cannot hold subqueries (Spark, Databricks and Sail alike).
     """
     from pyspark.sql import functions as F
 
@@ -232,108 +252,55 @@ def merge_changes(spark: "SparkSession", source: "DataFrame", target: str, ddl: 
 
     staged = (upserts.withColumn("__op", F.lit("upsert"))
               .unionByName(deletes.withColumn("__op", F.lit("delete")), allowMissingColumns=True))
-    view = f"__merge_source_{uuid.uuid4().hex[:12]}"
-    staged.createOrReplaceTempView(view)
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     values = [c for c in columns if c not in keys]
     changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in values) or "FALSE"
-    try:
-        spark.sql(
-            f"MERGE INTO {_sql_name(target)} t USING {view} s ON {on} "
-            f"WHEN MATCHED AND s.__op = 'delete' THEN DELETE "
-            f"WHEN MATCHED AND s.__op = 'upsert' AND ({changed}) THEN UPDATE SET "
-            + ", ".join(f"`{c}` = s.`{c}`" for c in values)
-            + " WHEN NOT MATCHED AND s.__op = 'upsert' THEN INSERT ("
-            + ", ".join(f"`{c}`" for c in columns) + ") VALUES ("
-            + ", ".join(f"s.`{c}`" for c in columns) + ")"
-        ).collect()
-    finally:
-        spark.catalog.dropTempView(view)
+    _run_merge(spark, staged, (
+        f"MERGE INTO {_sql_name(target)} t USING {{source}} s ON {on} "
+        f"WHEN MATCHED AND s.__op = 'delete' THEN DELETE "
+        f"WHEN MATCHED AND s.__op = 'upsert' AND ({changed}) THEN UPDATE SET "
+        + ", ".join(f"`{c}` = s.`{c}`" for c in values)
+        + " WHEN NOT MATCHED AND s.__op = 'upsert' THEN INSERT ("
+        + ", ".join(f"`{c}`" for c in columns) + ") VALUES ("
+        + ", ".join(f"s.`{c}`" for c in columns) + ")"))
     return result
 
 
-# ----- parsing ---------------------------------------------------------------------------------
-def landing_columns() -> list[str]:
-    """Columns of a patients landing file, from the contract."""
-    return list(landing_sources()[SOURCE]["columns"])
-
-
-def _split_csv(line: str | None) -> list[str] | None:
-    """Fields of one CSV line (RFC 4180 quoting), or None when the quoting is broken."""
-    if line is None:
-        return None
-    try:
-        rows = list(csv.reader([line], strict=True))
-    except csv.Error:
-        return None
-    return rows[0] if rows else []
-
-
-def csv_fields(column: "Column | str") -> "Column":
-    """The CSV fields of a text column as ARRAY<STRING> (a Python UDF around ``csv.reader``).
-
-    Why not ``from_csv``: on Sail it ignores quotes (``"Main St, Apt 4"`` becomes two fields)
-    and fails the whole query on a line with too few or too many fields. Splitting the line
-    ourselves lets a truncated line become a quarantined row instead of a failed job.
-    """
-    from pyspark.sql import functions as F
-
-    udf = F.udf(lambda line: _split_csv(line), "array<string>")  # lambda: no type-hint guessing
-    return udf(F.col(column) if isinstance(column, str) else column)
-
-
-def _clean(col: "Column") -> "Column":
-    """Trimmed string, empty -> NULL."""
-    from pyspark.sql import functions as F
-
-    trimmed = F.trim(col)
-    return F.when(trimmed != "", trimmed)
-
-
+# ----- parsing and rules -------------------------------------------------------------------------
 def parse_patient_changes(bronze_df: "DataFrame") -> "DataFrame":
     """Bronze patient lines -> bronze columns + typed, standardized change columns.
 
-    Each field is found by its name in the file's own header (``_header``), so a file with its
-    columns in another order still parses. Added columns: ``_raw`` (every field as trimmed
-    text, NULL when empty), ``_field_count`` / ``_expected_fields`` (a truncated line has
-    fewer fields than its header), then the typed columns: ``change_id``, ``operation``
-    (upper case), ``change_ts``, ``mrn`` (upper case), ``first_name``, ``last_name``,
-    ``birth_date``, ``sex`` and ``state`` (upper case), ``city``, ``address_line``, ``zip``,
-    ``zip3``, ``phone``, ``ssn``, ``payer_id``. Values that do not parse become NULL here;
-    the expectations compare them with ``_raw`` to tell "empty" from "unparseable".
+    Fields are mapped by the file's own header (``utils.silver.parse_csv``: quote-aware, adds
+    ``_raw``, ``_rescued_data``, ``_record_complete``, ``_valid_encoding``). Typed columns:
+    ``change_id``, ``operation`` (upper case), ``change_ts``, ``mrn`` (upper case),
+    ``first_name``, ``last_name``, ``birth_date``, ``sex`` and ``state`` (upper case),
+    ``city``, ``address_line``, ``zip``, ``zip3`` (first 3 digits of a valid ZIP), ``phone``,
+    ``ssn``, ``payer_id`` (upper case). A value that does not parse becomes NULL here and stays
+    visible in ``_raw``, so the rules can tell "empty" from "unparseable".
     """
     from pyspark.sql import functions as F
 
-    bronze_cols = bronze_df.columns
-    staged = bronze_df.select(*bronze_cols, csv_fields("value").alias("__fields"),
-                              csv_fields("_header").alias("__header"))
-    raw = F.struct(*[
-        _clean(F.get(F.col("__fields"), F.array_position("__header", name).cast("int") - 1)).alias(name)
-        for name in landing_columns()
-    ])
-    staged = staged.select(*bronze_cols, raw.alias("_raw"),
-                           F.size("__fields").alias("_field_count"),
-                           F.size("__header").alias("_expected_fields"))
-    r = lambda name: F.col(f"_raw.{name}")  # noqa: E731 - a short accessor reads better here
-    zip_code = r("zip")
-    return staged.select(
+    df = parse_csv(bronze_df, landing_columns(ENTITY))
+    r = F.col("_raw")
+    zip_code = r.zip
+    return df.select(
         "*",
-        r("change_id").alias("change_id"),
-        F.upper(r("operation")).alias("operation"),
-        r("change_ts").try_cast("timestamp").alias("change_ts"),
-        F.upper(r("mrn")).alias("mrn"),
-        r("first_name").alias("first_name"),
-        r("last_name").alias("last_name"),
-        r("birth_date").try_cast("date").alias("birth_date"),
-        F.upper(r("sex")).alias("sex"),
-        r("address_line").alias("address_line"),
-        r("city").alias("city"),
-        F.upper(r("state")).alias("state"),
+        r.change_id.alias("change_id"),
+        standardize_code(r.operation, "upper").alias("operation"),
+        r.change_ts.try_cast("timestamp").alias("change_ts"),
+        F.upper(r.mrn).alias("mrn"),
+        r.first_name.alias("first_name"),
+        r.last_name.alias("last_name"),
+        r.birth_date.try_cast("date").alias("birth_date"),
+        standardize_code(r.sex, "upper").alias("sex"),
+        r.address_line.alias("address_line"),
+        r.city.alias("city"),
+        standardize_code(r.state, "upper").alias("state"),
         zip_code.alias("zip"),
         F.when(zip_code.rlike(r"^[0-9]{5}(-[0-9]{4})?$"), F.substring(zip_code, 1, 3)).alias("zip3"),
-        r("phone").alias("phone"),
-        r("ssn").alias("ssn"),
-        r("payer_id").alias("payer_id"),
+        r.phone.alias("phone"),
+        r.ssn.alias("ssn"),
+        F.upper(r.payer_id).alias("payer_id"),
     )
 
 
@@ -342,58 +309,38 @@ def patient_change_expectations() -> list[Expectation]:
 
     A DELETE carries only change_id, operation, change_ts and mrn, so the patient attributes
     are only required of INSERT and UPDATE. "Future" and "age" are measured against the
-    batch's extract date (``_batch_date``), never today's date, so results are reproducible.
+    batch's extract date (``_batch_date``), never today's date, so results are reproducible;
+    like the other silver entities, a change may be dated up to one day after its batch.
     """
     ops = ", ".join(f"'{op}'" for op in accepted_values("operation"))
     sexes = ", ".join(f"'{s}'" for s in accepted_values("sex"))
-    not_delete = "operation = 'DELETE' OR "
+    upsert = "operation = 'DELETE' OR "
     rules = {
-        "complete_line": "_field_count = _expected_fields",
+        "valid_encoding": "_valid_encoding",
+        "complete_record": "_record_complete",
         "change_id_not_null": "change_id IS NOT NULL",
-        "operation_valid": f"operation IN ({ops})",
+        "operation_accepted": f"operation IN ({ops})",
         "change_ts_not_null": "_raw.change_ts IS NOT NULL",
-        "change_ts_parses": "_raw.change_ts IS NULL OR change_ts IS NOT NULL",
-        "change_ts_not_future":
-            "change_ts IS NULL OR change_ts < CAST(date_add(_batch_date, 1) AS TIMESTAMP)",
+        "change_ts_parses": is_unparseable("change_ts", "change_ts"),
+        "change_ts_not_future": "change_ts IS NULL OR "
+                                f"CAST(change_ts AS DATE) <= date_add(_batch_date, {FUTURE_TOLERANCE_DAYS})",
         "mrn_not_null": "mrn IS NOT NULL",
-        "birth_date_not_null": not_delete + "_raw.birth_date IS NOT NULL",
-        "birth_date_parses": not_delete + "_raw.birth_date IS NULL OR birth_date IS NOT NULL",
-        "birth_date_not_future": not_delete + "birth_date IS NULL OR birth_date <= _batch_date",
-        "age_at_most_120": not_delete + "birth_date IS NULL OR "
+        "birth_date_not_null": upsert + "_raw.birth_date IS NOT NULL",
+        "birth_date_parses": upsert + is_unparseable("birth_date", "birth_date"),
+        "birth_date_not_future": upsert + "birth_date IS NULL OR birth_date <= _batch_date",
+        "age_at_most_120": upsert + "birth_date IS NULL OR "
                            f"birth_date > add_months(_batch_date, -{12 * MAX_AGE_YEARS})",
-        "sex_valid": not_delete + f"sex IN ({sexes})",
-        "last_name_not_null": not_delete + "last_name IS NOT NULL",
-        "first_name_not_null": not_delete + "first_name IS NOT NULL",
+        "sex_accepted": upsert + f"sex IN ({sexes})",
+        "first_name_not_null": upsert + "first_name IS NOT NULL",
+        "last_name_not_null": upsert + "last_name IS NOT NULL",
     }
     return [Expectation(name, condition, "drop") for name, condition in rules.items()]
 
 
-def deduplicate_changes(parsed: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
-    """Split parsed changes into (first arrival of each ``change_id``, later copies).
-
-    The second frame has the removed line's lineage plus ``key`` and the lineage of the line
-    kept (``kept_*``), the shape of ``silver.dedup_log``. Lines without a change_id are never
-    duplicates (they are quarantined by the expectations instead).
-    """
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    window = Window.partitionBy("change_id").orderBy(*ARRIVAL_ORDER)
-    first = Window.partitionBy("change_id").orderBy(*ARRIVAL_ORDER).rowsBetween(
-        Window.unboundedPreceding, Window.unboundedFollowing)
-    ranked = parsed.select(
-        "*",
-        F.when(F.col("change_id").isNull(), F.lit(1))
-        .otherwise(F.row_number().over(window)).alias("__rank"),
-        F.first("_source_file").over(first).alias("kept_source_file"),
-        F.first("_line_number").over(first).alias("kept_line_number"),
-        F.first("_batch_date").over(first).alias("kept_batch_date"),
-    )
-    kept = ranked.where("__rank = 1").select(*parsed.columns)
-    duplicates = ranked.where("__rank > 1").select(
-        F.col("change_id").alias("key"), "_source_file", "_line_number", "_batch_date",
-        "kept_source_file", "kept_line_number", "kept_batch_date")
-    return kept, duplicates
+def deduplicate_changes(parsed: "DataFrame"):
+    """First arrival of each ``change_id`` (``utils.silver.deduplicate``); ``.removed`` are the
+    later copies (a re-delivered change), for ``silver.dedup_log``."""
+    return deduplicate(parsed, ["change_id"])
 
 
 def to_change_records(valid: "DataFrame") -> "DataFrame":
@@ -407,6 +354,34 @@ def to_change_records(valid: "DataFrame") -> "DataFrame":
     )
 
 
+def restricted_frame(valid: "DataFrame") -> "DataFrame":
+    """silver.patients_restricted rows: the latest change of each live patient, with PHI.
+
+    A patient whose latest change is a DELETE has no row (their identifiers are not kept
+    around once the EHR retired the record). ``ssn_hash`` hashes the SSN's digits only, so
+    ``123-45-6789`` and ``123456789`` give the same hash.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    latest = Window.partitionBy("patient_key").orderBy(F.col("change_ts").desc(),
+                                                       F.col("change_id").desc())
+    ranked = (valid.withColumn("patient_key", patient_key(F.col("mrn")))
+              .withColumn("__n", F.row_number().over(latest)))
+    return ranked.where((F.col("__n") == 1) & (F.col("operation") != "DELETE")).select(
+        "patient_key", "mrn",
+        hash_identifier(F.regexp_replace(F.col("ssn"), r"[^0-9]", "")).alias("ssn_hash"),
+        "first_name", "last_name", "ssn", "phone", "address_line", *LINEAGE_COLUMNS)
+
+
+def current_frame(patients: "DataFrame") -> "DataFrame":
+    """silver.patients_current (SCD type 1): the current, not deleted version of each patient."""
+    from pyspark.sql import functions as F
+
+    names = [name.split()[0] for name in patients_current_ddl().split(", ")]
+    return patients.where(F.col("is_current") & ~F.col("is_deleted")).select(*names)
+
+
 # ----- SCD type 2 ------------------------------------------------------------------------------
 def scd2_history(changes: "DataFrame") -> "DataFrame":
     """Change records -> SCD2 versions (``silver.patients`` columns), a pure function.
@@ -414,7 +389,8 @@ def scd2_history(changes: "DataFrame") -> "DataFrame":
     Per patient, changes are ordered by ``change_ts`` (ties by ``change_id``). Every INSERT or
     UPDATE opens a version valid from its ``change_ts`` to the next change's (NULL when there
     is none: the current version). A DELETE opens nothing: it closes the version before it,
-    which gets ``is_deleted = true``. Two INSERT/UPDATEs of one patient at the same instant
+    which gets ``is_deleted = true`` (so a deleted patient has no current version). A later
+    INSERT/UPDATE re-opens the patient. Two INSERT/UPDATEs of one patient at the same instant
     would open two versions with the same key: the later ``change_id`` wins.
     """
     from pyspark.sql import Window
@@ -456,10 +432,12 @@ class Scd2Result:
 
 
 def _first_arrival(changes: "DataFrame") -> "DataFrame":
+    """One row per ``change_id``: the first delivered (same order as ``utils.silver``)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    window = Window.partitionBy("change_id").orderBy(*ARRIVAL_ORDER)
+    window = Window.partitionBy("change_id").orderBy(*[F.col(c).asc_nulls_last()
+                                                       for c in ARRIVAL_ORDER])
     return changes.withColumn("__n", F.row_number().over(window)).where("__n = 1").drop("__n")
 
 
@@ -467,30 +445,27 @@ def apply_scd2(spark: "SparkSession", changes_df: "DataFrame", target: str = "si
                changes_table: str = "silver.patient_changes") -> Scd2Result:
     """Apply change records (``silver.patient_changes`` shape) to the SCD2 ``target``.
 
-    1. Record the changes not seen before (by ``change_id``) in ``changes_table``
-       (MERGE ... WHEN NOT MATCHED THEN INSERT).
+    1. Record the changes not seen before (by ``change_id``; first arrival wins) in
+       ``changes_table`` with ``MERGE ... WHEN NOT MATCHED THEN INSERT``.
     2. Recompute the full history of every patient in ``changes_df`` from ``changes_table``
        (:func:`scd2_history`), so an out-of-order change lands in its place in time.
-    3. MERGE the difference into ``target`` on ``(patient_key, valid_from)``.
+    3. MERGE the difference into ``target`` on ``(patient_key, valid_from)``
+       (:func:`merge_changes`, scoped to those patients).
 
     Replaying changes that were already applied changes nothing and commits nothing.
     """
-    changes = conform(_first_arrival(conform(changes_df, PATIENT_CHANGES_DDL)), PATIENT_CHANGES_DDL)
+    changes = _first_arrival(conform(changes_df, PATIENT_CHANGES_DDL))
     ensure_table(spark, changes_table, PATIENT_CHANGES_DDL)
     received = changes.count()
-    log = spark.table(changes_table)
-    new = changes.join(log.select("change_id"), "change_id", "left_anti").select(*changes.columns)
+    new = changes.join(spark.table(changes_table).select("change_id"), "change_id", "left_anti")
+    new = new.select(*changes.columns)
     added = new.count()
     if added:
-        view = f"__new_changes_{uuid.uuid4().hex[:12]}"
-        new.createOrReplaceTempView(view)
-        cols = ", ".join(f"`{c}`" for c in changes.columns)
-        try:
-            spark.sql(f"MERGE INTO {_sql_name(changes_table)} t USING {view} s "
-                      f"ON t.change_id = s.change_id WHEN NOT MATCHED THEN INSERT ({cols}) "
-                      f"VALUES ({', '.join('s.' + c for c in cols.split(', '))})").collect()
-        finally:
-            spark.catalog.dropTempView(view)
+        cols = [f"`{c}`" for c in changes.columns]
+        _run_merge(spark, new, (
+            f"MERGE INTO {_sql_name(changes_table)} t USING {{source}} s "
+            f"ON t.change_id = s.change_id WHEN NOT MATCHED THEN INSERT ({', '.join(cols)}) "
+            f"VALUES ({', '.join('s.' + c for c in cols)})"))
 
     affected = changes.select("patient_key").distinct()
     patients = affected.count()
@@ -498,3 +473,119 @@ def apply_scd2(spark: "SparkSession", changes_df: "DataFrame", target: str = "si
     versions = merge_changes(spark, history, target, patients_ddl(),
                              keys=["patient_key", "valid_from"], scope=affected)
     return Scd2Result(received, added, patients, versions)
+
+
+# ----- the driver --------------------------------------------------------------------------------
+@dataclass
+class PatientsReport:
+    """What :func:`build_patients` did, table by table, and the rows per outcome."""
+
+    run_id: str
+    bronze_rows: int = 0
+    valid_changes: int = 0
+    quarantined: int = 0
+    duplicates: int = 0
+    scd2: Scd2Result | None = None
+    merges: dict[str, MergeResult] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        return self.bronze_rows == self.valid_changes + self.quarantined + self.duplicates
+
+    def as_rows(self) -> list[tuple[str, int, int, int]]:
+        """(table, inserted, updated, deleted) of every write of this run, sorted by table."""
+        return [(m.target, m.inserted, m.updated, m.deleted)
+                for m in sorted(self.merges.values(), key=lambda m: m.target)]
+
+
+def _one_row(spark: "SparkSession", ddl: str, *values: Any) -> "DataFrame":
+    return spark.createDataFrame([tuple(values)], ddl)
+
+
+def build_patients(spark: "SparkSession", run_id: str | None = None,
+                   through_batch: Any = None) -> PatientsReport:
+    """bronze.patients -> every silver patient table, idempotently (MERGE of differences only).
+
+    Reads all of ``bronze.patients`` (or only batches up to ``through_batch``, to replay the
+    timeline in a demo), parses, dedupes by ``change_id`` and validates, then writes
+    ``silver.quarantine_patients``, the patients' rows of ``silver.dedup_log`` and
+    ``silver.dq_metrics`` (this run's, per batch), ``silver.patient_changes`` and
+    ``silver.patients`` (:func:`apply_scd2`), ``silver.patients_restricted`` and
+    ``silver.patients_current``. Running it again on the same bronze commits nothing to any
+    table but ``dq_metrics`` (one set of rows per run id).
+    """
+    from pyspark.sql import functions as F
+
+    from utils.tables import register_course_tables
+
+    run_id = run_id or f"cdc-{uuid.uuid4().hex[:12]}"
+    register_course_tables(spark)
+    bronze_df = spark.table(f"bronze.{ENTITY}")
+    if through_batch is not None:
+        bronze_df = bronze_df.where(F.col("_batch_date") <= F.lit(through_batch).cast("date"))
+    report = PatientsReport(run_id, bronze_rows=bronze_df.count())
+
+    parsed = parse_patient_changes(bronze_df)
+    dedup = deduplicate_changes(parsed)
+    rules = patient_change_expectations()
+    result = apply_expectations(dedup.kept, rules, sample_order=list(ARRIVAL_ORDER))
+
+    quarantined = result.quarantined.select(*bronze_df.columns, FAILED_RULES_COLUMN)
+    report.merges["quarantine"] = merge_changes(
+        spark, quarantined, TABLES["quarantine"], quarantine_ddl(bronze_df),
+        keys=["_source_file", "_line_number"])
+    report.merges["dedup_log"] = merge_changes(
+        spark, dedup_log_frame(dedup.removed, ENTITY, ["change_id"]), TABLES["dedup_log"],
+        DEDUP_LOG_SCHEMA, keys=["entity", "_source_file", "_line_number"],
+        scope=_one_row(spark, "entity STRING", ENTITY))
+    metric_rows = [(run_id, ENTITY, batch, m.rule, m.action, m.condition, m.passed, m.failed)
+                   for batch, m in metrics_by_batch(dedup.kept, rules)]
+    report.merges["dq_metrics"] = merge_changes(
+        spark, spark.createDataFrame(metric_rows, METRICS_SCHEMA), TABLES["dq_metrics"],
+        METRICS_SCHEMA, keys=["run_id", "dataset", "batch_date", "rule"],
+        scope=_one_row(spark, "run_id STRING, dataset STRING", run_id, ENTITY))
+
+    report.scd2 = apply_scd2(spark, to_change_records(result.valid), TABLES["patients"],
+                             TABLES["changes"])
+    report.merges["patients"] = report.scd2.versions
+    report.merges["restricted"] = merge_changes(
+        spark, restricted_frame(result.valid), TABLES["restricted"], patients_restricted_ddl(),
+        keys=["patient_key"])
+    report.merges["current"] = merge_changes(
+        spark, current_frame(spark.table(TABLES["patients"])), TABLES["current"],
+        patients_current_ddl(), keys=["patient_key"])
+
+    report.valid_changes = report.scd2.changes_received
+    report.quarantined = spark.table(TABLES["quarantine"]).count()
+    report.duplicates = spark.table(TABLES["dedup_log"]).where(F.col("entity") == ENTITY).count()
+    return report
+
+
+def patients_reconciliation(spark: "SparkSession") -> "DataFrame":
+    """Per batch: bronze rows = valid change records + quarantined + removed duplicates.
+
+    Same columns as ``utils.silver.reconciliation`` (entity ``patients``); the silver side of
+    patients is ``silver.patient_changes`` (versions in ``silver.patients`` are derived rows).
+    """
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    def counted(table: str, name: str) -> "DataFrame":
+        df = spark.table(table)
+        if table == TABLES["dedup_log"]:
+            df = df.where(F.col("entity") == ENTITY)
+        return df.groupBy(F.col("_batch_date").alias("batch_date")).agg(F.count(F.lit(1)).alias(name))
+
+    parts = [counted(f"bronze.{ENTITY}", "bronze_rows"),
+             counted(TABLES["changes"], "silver_rows"),
+             counted(TABLES["quarantine"], "quarantined_rows"),
+             counted(TABLES["dedup_log"], "duplicate_rows")]
+    joined = reduce(lambda a, b: a.join(b, "batch_date", "full_outer"), parts)
+    counts = ["bronze_rows", "silver_rows", "quarantined_rows", "duplicate_rows"]
+    out = joined.select(F.lit(ENTITY).alias("entity"), "batch_date",
+                        *[F.coalesce(F.col(c), F.lit(0)).cast("bigint").alias(c) for c in counts])
+    balanced = (F.col("bronze_rows")
+                == F.col("silver_rows") + F.col("quarantined_rows") + F.col("duplicate_rows"))
+    names = [p.split()[0] for p in RECONCILIATION_SCHEMA.split(", ")]
+    return out.withColumn("balanced", balanced).select(*names).orderBy("batch_date")
