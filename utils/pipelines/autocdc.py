@@ -56,6 +56,7 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
     """Apply the new change events ``changes`` to the target table (created when missing)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StructType
 
     from utils.pipelines.sources import delta_version
 
@@ -74,6 +75,11 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
             w = w.option(key, value)
         return w
 
+    seq_type = events.schema[SEQ].dataType
+    # Sail cannot order a window by a struct ("range queries"): order by its fields instead
+    seq_order = ([F.col(f"{SEQ}.{_quote(f.name)}") for f in seq_type.fields]
+                 if isinstance(seq_type, StructType) else [F.col(SEQ)])
+
     writer(events).mode("append").save(str(state_path))
     state = spark.read.format("delta").load(str(state_path))
     touched = events.select(*keys).distinct()
@@ -83,7 +89,7 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
     by_event = Window.partitionBy(*keys, SEQ).orderBy(F.col(ARRIVAL).desc())
     history = (history.withColumn("__n", F.row_number().over(by_event))
                .filter("__n = 1").drop("__n"))
-    by_key = Window.partitionBy(*keys).orderBy(F.col(SEQ).asc())
+    by_key = Window.partitionBy(*keys).orderBy(*[c.asc() for c in seq_order])
 
     key_match = " AND ".join(f"t.{_quote(k)} <=> s.{_quote(k)}" for k in keys)
     if scd2:
@@ -94,7 +100,8 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
         target_columns = columns + [START_AT, END_AT]
         match = f"{key_match} AND t.{START_AT} <=> s.{START_AT}"
     else:
-        latest = Window.partitionBy(*keys).orderBy(F.col(SEQ).desc(), F.col(ARRIVAL).desc())
+        latest = Window.partitionBy(*keys).orderBy(*[c.desc() for c in seq_order],
+                                                   F.col(ARRIVAL).desc())
         versions = (history.withColumn("__n", F.row_number().over(latest))
                     .filter("__n = 1"))
         target_columns = columns

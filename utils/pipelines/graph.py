@@ -117,6 +117,58 @@ def has_streaming_file_source(df: "DataFrame", spark: "SparkSession") -> bool:
                and m.HasField("data_source") for m in iter_messages(plan))
 
 
+class _ReferenceRecorder:
+    """Record the tables a flow function names while it runs (``read.table``, ``readStream
+    .table``, ``spark.table``, ``spark.sql``), even if the function fails half-way.
+
+    A flow function may run an action while it builds its query (e.g. a KPI that first looks up
+    the latest date in its input). On a first run that input does not exist yet, so the call
+    fails before a plan exists; the names it asked for before failing are still its inputs, and
+    the flow is analyzed again when it runs, after its inputs were written.
+    """
+
+    def __init__(self) -> None:
+        self.references: list[TableReference] = []
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def _add(self, ref: TableReference) -> None:
+        if ref not in self.references:
+            self.references.append(ref)
+
+    def __enter__(self) -> "_ReferenceRecorder":
+        from pyspark.sql.connect.readwriter import DataFrameReader
+        from pyspark.sql.connect.session import SparkSession
+        from pyspark.sql.connect.streaming.readwriter import DataStreamReader
+
+        recorder = self
+
+        def wrap(cls: Any, method: str, make_refs: Any) -> None:
+            original = getattr(cls, method)
+
+            def patched(self: Any, *args: Any, **kwargs: Any) -> Any:
+                try:
+                    for ref in make_refs(*args, **kwargs):
+                        recorder._add(ref)
+                except Exception:  # noqa: BLE001 - recording must never break the flow
+                    pass
+                return original(self, *args, **kwargs)
+
+            self._saved.append((cls, method, original))
+            setattr(cls, method, patched)
+
+        wrap(DataFrameReader, "table", lambda name, *a, **k: [TableReference(name, False)])
+        wrap(DataStreamReader, "table", lambda name, *a, **k: [TableReference(name, True)])
+        wrap(SparkSession, "table", lambda name, *a, **k: [TableReference(name, False)])
+        wrap(SparkSession, "sql", lambda query, *a, **k: [
+            TableReference(n, False) for n in sql_table_references(query)])
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for cls, method, original in reversed(self._saved):
+            setattr(cls, method, original)
+        self._saved.clear()
+
+
 # ----- the graph ------------------------------------------------------------------------------
 @dataclass
 class FlowNode:
@@ -131,6 +183,7 @@ class FlowNode:
     definition: Any = None          # the pyspark Flow / AutoCdcFlow
     analysis_error: str | None = None
     streaming: bool = False         # reads at least one source with readStream
+    deferred: bool = False          # query could not be planned before its inputs exist
 
 
 @dataclass
@@ -195,6 +248,146 @@ class _Resolver:
         return ".".join(parts[-2:])
 
 
+class _Placeholders:
+    """Empty temporary views standing in for datasets that do not exist yet, so a flow whose
+    function needs its inputs' schemas (``df.columns``) can be analyzed before the first run,
+    as Databricks analyzes a pipeline in dependency order. Dropped after the analysis."""
+
+    def __init__(self, spark: "SparkSession", table_exists) -> None:
+        self.spark = spark
+        self.table_exists = table_exists or (lambda name: False)
+        self.names: list[str] = []
+        self.available: set[str] = set()
+
+    def resolvable(self, key: str) -> bool:
+        return key in self.available or bool(self.table_exists(key))
+
+    def add(self, key: str, df: "DataFrame") -> None:
+        if key in self.available:
+            return
+        if "." in key or self.table_exists(key):
+            self.available.add(key)
+            return   # an existing table resolves by itself
+        from utils.pipelines.sources import METADATA_COLUMN, schema_only
+
+        try:
+            batch = schema_only(df, self.spark)
+            schema = (batch.drop(METADATA_COLUMN) if METADATA_COLUMN in batch.columns
+                      else batch).schema
+        except Exception:  # noqa: BLE001 - readers of this dataset are analyzed when they run
+            return
+        self.spark.createDataFrame([], schema).createOrReplaceTempView(key)
+        self.names.append(key)
+        self.available.add(key)
+
+    def drop(self) -> None:
+        for name in self.names:
+            self.spark.catalog.dropTempView(name)
+        self.names.clear()
+
+
+def _cdc_output(cdc: Any, source: "DataFrame") -> "DataFrame":
+    """An (empty) frame with the columns an AUTO CDC target gets from ``source``."""
+    from utils.pipelines.autocdc import END_AT, START_AT, _quote, output_columns
+
+    columns = [source[_quote(c)] for c in output_columns(cdc, source)]
+    if str(cdc.stored_as_scd_type or 1) == "2":
+        columns += [cdc.sequence_by.alias(START_AT), cdc.sequence_by.alias(END_AT)]
+    return source.select(*columns).limit(0)
+
+
+def _analyze_flows(registry: LocalRegistry, spark: "SparkSession", resolver: "_Resolver",
+                   datasets: dict[str, "DatasetNode"], flows: dict[str, "FlowNode"],
+                   problems: list[str], placeholders: _Placeholders) -> None:
+    """Find each flow's inputs, in rounds: a flow whose function fails because an input does
+    not exist yet is retried once that input's schema is known (from its own analysis)."""
+    pending = list(registry.flows)
+    cdc_pending = list(registry.auto_cdc_flows)
+    analyzed: dict[str, "DataFrame"] = {}
+    attempts: dict[str, tuple] = {}
+    while pending or cdc_pending:
+        progress = False
+        for flow in list(pending):
+            recorder = _ReferenceRecorder()
+            try:
+                with recorder:
+                    df = flow.func()
+                if df is None or not hasattr(df, "_plan"):
+                    raise TypeError(f"it returned {type(df).__name__}, not a DataFrame")
+                references = plan_references(df, spark)
+                file_stream = has_streaming_file_source(df, spark)
+            except Exception as err:  # noqa: BLE001 - retried, deferred or reported below
+                error = f"{type(err).__name__}: {(str(err).strip() or '?').splitlines()[0][:300]}"
+                attempts[flow.name] = (recorder.references, error)
+                waiting = [r for r in recorder.references if resolver.key(r.name) in datasets
+                           and not placeholders.resolvable(resolver.key(r.name))]
+                if waiting:
+                    continue              # an input is not known yet: next round
+                pending.remove(flow)
+                progress = True
+                _add_flow(flows, datasets, resolver, flow, registry, recorder.references, False,
+                          error, problems)
+                continue
+            pending.remove(flow)
+            progress = True
+            extra = [r for r in recorder.references if r not in references]
+            node = _add_flow(flows, datasets, resolver, flow, registry, references + extra,
+                             file_stream, None, problems)
+            analyzed[node.target] = df
+            if node.target in datasets:
+                placeholders.add(node.target, df)
+        for cdc in list(cdc_pending):
+            source = resolver.key(cdc.source)
+            if source not in analyzed and any(resolver.key(f.target) == source
+                                              for f in pending):
+                continue      # its source's schema may still become known
+            cdc_pending.remove(cdc)
+            progress = True
+            name = cdc.name or cdc.target
+            node = FlowNode(name, resolver.key(cdc.target), "auto_cdc", [source], {source},
+                            definition=cdc, streaming=True)
+            flows[name] = node
+            if source in analyzed:
+                try:
+                    output = _cdc_output(cdc, analyzed[source])
+                    placeholders.add(node.target, output)
+                    analyzed[node.target] = output
+                except Exception:  # noqa: BLE001 - the flow reports it when it runs
+                    pass
+        if not progress:   # inputs that never become known: report what each flow needed
+            for flow in pending:
+                refs, error = attempts.get(flow.name, ([], "not analyzed"))
+                _add_flow(flows, datasets, resolver, flow, registry, refs, False, error, problems)
+            for cdc in cdc_pending:
+                source = resolver.key(cdc.source)
+                flows[cdc.name or cdc.target] = FlowNode(
+                    cdc.name or cdc.target, resolver.key(cdc.target), "auto_cdc", [source],
+                    {source}, definition=cdc, streaming=True)
+            break
+
+
+def _add_flow(flows: dict, datasets: dict, resolver: "_Resolver", flow: Any,
+              registry: LocalRegistry, references: list[TableReference], file_stream: bool,
+              error: str | None, problems: list[str]) -> "FlowNode":
+    node = FlowNode(flow.name, resolver.key(flow.target), "query",
+                    expectations=registry.expectations.get(flow.name, []), definition=flow)
+    if error is not None:
+        if any(resolver.key(r.name) in datasets for r in references):
+            node.deferred = True      # analyzed again when it runs, after its inputs exist
+        else:
+            node.analysis_error = error
+            problems.append(f"Flow '{flow.name}' could not be analyzed ({error})")
+    for ref in references:
+        key = resolver.key(ref.name)
+        if key not in node.inputs:
+            node.inputs.append(key)
+        if ref.streaming:
+            node.streaming_inputs.add(key)
+    node.streaming = bool(node.streaming_inputs) or file_stream
+    flows[node.name] = node
+    return node
+
+
 def build_graph(registry: LocalRegistry, spark: "SparkSession", schema: str,
                 table_exists=None) -> PipelineGraph:
     """Resolve every flow's inputs and check the graph; raise PipelineGraphError on problems.
@@ -211,29 +404,14 @@ def build_graph(registry: LocalRegistry, spark: "SparkSession", schema: str,
 
     flows: dict[str, FlowNode] = {}
     problems: list[str] = []
-    for flow in registry.flows:
-        node = FlowNode(flow.name, resolver.key(flow.target), "query",
-                        expectations=registry.expectations.get(flow.name, []), definition=flow)
-        try:
-            df = flow.func()
-            if df is None or not hasattr(df, "_plan"):
-                raise TypeError(f"it returned {type(df).__name__}, not a DataFrame")
-            for ref in plan_references(df, spark):
-                key = resolver.key(ref.name)
-                if key not in node.inputs:
-                    node.inputs.append(key)
-                if ref.streaming:
-                    node.streaming_inputs.add(key)
-            node.streaming = bool(node.streaming_inputs) or has_streaming_file_source(df, spark)
-        except Exception as err:  # noqa: BLE001 - reported as a graph problem with the flow name
-            node.analysis_error = f"{type(err).__name__}: {str(err).strip().splitlines()[0][:300]}"
-            problems.append(f"Flow '{flow.name}' could not be analyzed ({node.analysis_error})")
-        flows[node.name] = node
-    for cdc in registry.auto_cdc_flows:
-        name = cdc.name or cdc.target
-        source = resolver.key(cdc.source)
-        flows[name] = FlowNode(name, resolver.key(cdc.target), "auto_cdc", [source], {source},
-                               definition=cdc, streaming=True)
+    placeholders = _Placeholders(spark, table_exists)
+    try:
+        _analyze_flows(registry, spark, resolver, datasets, flows, problems, placeholders)
+    finally:
+        placeholders.drop()
+    order_hint = [f.name for f in registry.flows]
+    flows = {name: flows[name] for name in order_hint if name in flows} | {
+        name: node for name, node in flows.items() if name not in order_hint}
 
     for flow in flows.values():
         if flow.target not in datasets:

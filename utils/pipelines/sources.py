@@ -148,7 +148,7 @@ def list_files(paths: list[str], options: dict[str, str]) -> list[Path]:
             else [Path(pattern)]
         for match in matches:
             if match.is_file():
-                candidates = [match]
+                candidates = [] if _hidden(match.name) and match != Path(pattern) else [match]
             elif match.is_dir():
                 walker = match.rglob("*") if recursive else match.iterdir()
                 candidates = [p for p in walker if p.is_file()
@@ -287,7 +287,6 @@ def rewrite_streaming_reads(df: "DataFrame", spark: "SparkSession", checkpoint: 
     re-read exactly the same files/versions after an interrupted run.
     """
     from pyspark.sql.connect.dataframe import DataFrame
-    from pyspark.sql.connect.plan import LogicalPlan
 
     plan = df._plan.to_proto(spark.client)
     batch = PlannedBatch()
@@ -332,7 +331,40 @@ def rewrite_streaming_reads(df: "DataFrame", spark: "SparkSession", checkpoint: 
         new_root = replacement._plan.to_proto(spark.client).root
         _replace(message, new_root)
 
-    class _ProtoPlan(LogicalPlan):
+    return DataFrame(_ProtoPlan(plan.root), spark), batch
+
+
+def schema_only(df: "DataFrame", spark: "SparkSession") -> "DataFrame":
+    """``df`` with every streaming read replaced by an empty batch read of the same schema.
+
+    Sail cannot analyze a streaming file read that uses ``_metadata``; the pipeline needs the
+    schema of such a flow (to analyze the flows reading it) before running anything.
+    """
+    from pyspark.sql.connect.dataframe import DataFrame
+
+    plan = df._plan.to_proto(spark.client)
+    uses_metadata = METADATA_COLUMN in str(plan)
+    for message in list(iter_messages(plan.root)):
+        if message.DESCRIPTOR.full_name != "spark.connect.Relation":
+            continue
+        if message.WhichOneof("rel_type") != "read" or not message.read.is_streaming:
+            continue
+        read = message.read
+        if read.HasField("data_source"):
+            files = list_files(list(read.data_source.paths), dict(read.data_source.options))
+            replacement = _empty_file_read(spark, read, files, uses_metadata)
+        else:
+            replacement = spark.table(read.named_table.unparsed_identifier).limit(0)
+        _replace(message, replacement._plan.to_proto(spark.client).root)
+    return DataFrame(_ProtoPlan(plan.root), spark)
+
+
+def _proto_plan_class():
+    from pyspark.sql.connect.plan import LogicalPlan
+
+    class ProtoPlan(LogicalPlan):
+        """A logical plan that is a ready-made protobuf relation (a rewritten plan)."""
+
         def __init__(self, relation: Any) -> None:
             super().__init__(None)
             self._relation = relation
@@ -342,4 +374,14 @@ def rewrite_streaming_reads(df: "DataFrame", spark: "SparkSession", checkpoint: 
             copy.CopyFrom(self._relation)
             return copy
 
-    return DataFrame(_ProtoPlan(plan.root), spark), batch
+    return ProtoPlan
+
+
+def _ProtoPlan(relation: Any) -> Any:  # noqa: N802 - reads like the class it builds
+    global _PROTO_PLAN
+    if _PROTO_PLAN is None:
+        _PROTO_PLAN = _proto_plan_class()
+    return _PROTO_PLAN(relation)
+
+
+_PROTO_PLAN = None

@@ -1,0 +1,164 @@
+"""Building blocks of the course's declarative pipeline (``notebooks/pipeline/``).
+
+Only what the imperative notebooks do *outside* DataFrame functions needs a declarative twin
+here; everything else (parsing, rules, dedupe, SCD2 columns, KPIs) is imported from
+``utils.silver``, ``utils.cdc`` and ``utils.gold`` so each rule and KPI has one definition.
+
+* :func:`landing_stream` - the new files of one landing source, as a stream of whole files
+  (``wholetext``): ``spark.readStream`` locally, Auto Loader on Databricks.
+* :func:`bronze_lines` - whole files -> one row per physical line with bronze's lineage columns
+  (the same rows ``utils.bronze.ingest_landing`` writes: line numbers, CSV header, BOM and CRLF
+  handling), as a pure DataFrame function so it also runs on a stream.
+* :func:`references` - the code tables and known keys the silver rules look up, read from the
+  pipeline's bronze tables (``utils.silver.load_references`` reads ``bronze.*``).
+* :func:`scd2_to_contract` - AUTO CDC's SCD2 columns (``__START_AT``/``__END_AT``) -> the
+  contract's ``silver.patients`` (``valid_from``, ``valid_to``, ``is_current``, ``is_deleted``).
+* :func:`with_expectations` - a list of :class:`utils.expectations.Expectation` as pipeline
+  expectation decorators (native on Databricks, the local shim elsewhere).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from utils.config import get_config, on_databricks
+from utils.expectations import Expectation
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: ``<source>/<YYYY-MM-DD>/<file>`` at the end of a landing file path.
+RELATIVE_PATH_REGEX = r"([^/]+/[0-9]{4}-[0-9]{2}-[0-9]{2}/[^/]+)$"
+DAY_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
+LANDING_CONF = "course.landing_dir"
+
+
+def landing_dir(spark: "SparkSession") -> str:
+    """The landing root: the pipeline configuration ``course.landing_dir`` if set (the bundle
+    sets it on Databricks), else the course config (``$COURSE_DATA_DIR/landing``)."""
+    try:
+        configured = spark.conf.get(LANDING_CONF, None)
+    except Exception:  # noqa: BLE001 - engines without the key raise instead of defaulting
+        configured = None
+    return configured or str(get_config().landing_dir)
+
+
+def landing_stream(spark: "SparkSession", source: str, file_name: str | None = None) -> "DataFrame":
+    """New files of ``landing/<source>/<YYYY-MM-DD>/`` as a stream: one row per file.
+
+    Columns: ``value`` (the whole file as text) and the hidden ``_metadata`` (``file_path``).
+    ``file_name`` keeps only files of that name (the reference source holds three entities).
+    """
+    path = f"{landing_dir(spark)}/{source}/{DAY_GLOB}/{file_name or '*'}"
+    if on_databricks():  # pragma: no cover - Auto Loader keeps the file ledger on Databricks
+        return (spark.readStream.format("cloudFiles").option("cloudFiles.format", "text")
+                .option("wholetext", "true").load(path))
+    return spark.readStream.format("text").option("wholetext", "true").load(path)
+
+
+def bronze_lines(files: "DataFrame", source: str, fmt: str) -> "DataFrame":
+    """Whole landing files -> bronze rows (``utils.bronze.BRONZE_SCHEMA_DDL`` columns).
+
+    Same rules as ``utils.bronze.split_lines``: a leading UTF-8 BOM is dropped, ``\\n`` and
+    ``\\r\\n`` end a line, a last line without terminator is a line, an empty line in the middle
+    is a row; in a CSV line 1 is the header (``_header``), not a row. A line the text reader
+    could not decode holds U+FFFD; it is flagged by a non-NULL ``_raw_base64`` (the imperative
+    bronze keeps the original bytes there; the text reader no longer has them).
+    """
+    from pyspark.sql import functions as F
+
+    text = F.regexp_replace(F.col("value"), "^\ufeff", "")
+    parts = F.split(text, "\n")
+    lines = F.when(F.element_at(parts, -1) == "",
+                   F.slice(parts, F.lit(1), F.size(parts) - 1)).otherwise(parts)
+    relative = F.regexp_extract(F.col("_metadata.file_path"), RELATIVE_PATH_REGEX, 1)
+    header = (F.regexp_replace(F.element_at(F.col("__lines"), 1), "\r$", "")
+              if fmt == "csv" else F.lit(None).cast("string"))
+    exploded = (files.select(lines.alias("__lines"),
+                             relative.alias("_source_file"))
+                .select("*", F.posexplode("__lines").alias("__pos", "__line")))
+    first_data = 1 if fmt == "csv" else 0
+    value = F.regexp_replace(F.col("__line"), "\r$", "")
+    return (exploded.filter(F.col("__pos") >= first_data).select(
+        value.alias("value"),
+        header.alias("_header"),
+        F.lit(source).alias("_source"),
+        F.col("_source_file"),
+        (F.col("__pos") + 1).cast("int").alias("_line_number"),
+        F.to_date(F.regexp_extract("_source_file", r"^[^/]+/([0-9-]{10})/", 1)).alias("_batch_date"),
+        F.current_timestamp().alias("_ingest_ts"),
+        F.lit(None).cast("string").alias("_ingest_run_id"),
+        F.when(value.contains("\ufffd"), F.base64(F.encode(value, "UTF-8"))).alias("_raw_base64"),
+    ))
+
+
+def references(spark: "SparkSession", bronze_table: Callable[[str], str]) -> dict[str, "DataFrame"]:
+    """What ``utils.silver.with_references`` needs, from the pipeline's bronze tables.
+
+    Same content as ``utils.silver.load_references`` (code tables, patients known from their
+    change records, keys of encounters, providers, facilities and payers); ``bronze_table(e)``
+    names the bronze table of entity ``e`` in the pipeline.
+    """
+    from utils import silver
+
+    refs = {name: silver.code_table(spark, name) for name in ("icd10cm", "loinc", "rxnorm", "cpt")}
+    refs["patients"] = silver.known_patient_keys(spark.read.table(bronze_table("patients")))
+    for entity, column in (("encounters", "encounter_id"), ("providers", "npi"),
+                           ("facilities", "facility_id"), ("payers", "payer_id")):
+        parsed = silver.parse_entity(entity, spark.read.table(bronze_table(entity)))
+        refs[entity] = silver.known_keys(parsed, column)
+    return refs
+
+
+def scd2_to_contract(scd2: "DataFrame") -> "DataFrame":
+    """AUTO CDC SCD2 rows -> ``silver.patients`` as ``utils.cdc.scd2_history`` defines it.
+
+    The sequence is ``struct(change_ts, change_id)``: ``valid_from``/``valid_to`` are the
+    ``change_ts`` of ``__START_AT``/``__END_AT``. A version is deleted when it was closed
+    (``__END_AT`` set) and no version starts where it ends (a DELETE closed it). Two
+    INSERT/UPDATEs at the same instant leave a zero-length version that ``scd2_history`` does
+    not keep (there the later ``change_id`` wins): it is dropped here too.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from utils.cdc import patients_ddl
+
+    columns = [part.split()[0] for part in patients_ddl().split(", ")]
+    # (Sail cannot order a window by a struct: order by its fields)
+    by_patient = Window.partitionBy("patient_key").orderBy("__START_AT.change_ts",
+                                                           "__START_AT.change_id")
+    next_ts = F.lead("__START_AT.change_ts").over(by_patient)
+    next_id = F.lead("__START_AT.change_id").over(by_patient)
+    closed = F.col("__END_AT").isNotNull()
+    continued = ((next_ts == F.col("__END_AT.change_ts"))
+                 & (next_id == F.col("__END_AT.change_id")))
+    versions = scd2.select(
+        "*",
+        F.col("__START_AT.change_ts").alias("valid_from"),
+        F.col("__END_AT.change_ts").alias("valid_to"),
+        (~closed).alias("is_current"),
+        (closed & ~F.coalesce(continued, F.lit(False))).alias("is_deleted"),
+    )
+    zero_length = (F.col("valid_to") == F.col("valid_from")) & ~F.col("is_deleted")
+    return versions.filter(~F.coalesce(zero_length, F.lit(False))).select(*columns)
+
+
+def with_expectations(rules: Iterable[Expectation]) -> Callable[[Callable[..., Any]], Callable]:
+    """Decorate a query function with ``rules`` as pipeline expectations, in order.
+
+    ``warn`` -> ``expect``, ``drop`` -> ``expect_or_drop``, ``fail`` -> ``expect_or_fail``:
+    the native decorators on Databricks, :mod:`utils.pipelines.compat` locally.
+    """
+    from utils.pipelines import compat
+
+    by_action = {"warn": compat.expect, "drop": compat.expect_or_drop,
+                 "fail": compat.expect_or_fail}
+    rules = list(rules)
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        for rule in reversed(rules):   # decorators apply bottom-up: keep the rules' order
+            func = by_action[rule.action](rule.name, rule.condition)(func)
+        return func
+
+    return decorator
