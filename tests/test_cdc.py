@@ -216,7 +216,7 @@ def test_rules_quarantine_each_defect_with_its_rule_name(spark):
     failed = {r._line_number - 2: sorted(r._failed_rules) for r in result.quarantined.collect()}
     names = list(lines)
     assert {names[i]: rules for i, rules in failed.items()} == {
-        "truncated": ["birth_date_not_null", "complete_record", "sex_accepted"],
+        "truncated": ["birth_date_not_null", "complete_record", "payer_id_not_null", "sex_accepted"],
         "null_mrn": ["mrn_not_null"],
         "bad_ts": ["change_ts_parses"],
         "future": ["change_ts_not_future"],
@@ -224,7 +224,7 @@ def test_rules_quarantine_each_defect_with_its_rule_name(spark):
         "bad_date": ["birth_date_parses"],
         "bad_sex": ["sex_accepted"],
         "bad_quote": ["birth_date_not_null", "complete_record", "last_name_not_null",
-                      "sex_accepted"],
+                      "payer_id_not_null", "sex_accepted"],
     }
 
 
@@ -279,3 +279,47 @@ def test_build_patients_end_to_end_balances_and_replays_as_noop(spark, data_dir)
     assert replay.scd2.is_noop
     assert [name for name, m in replay.merges.items() if m.committed] == ["dq_metrics"]
     assert spark.table("silver.dq_metrics").select("run_id").distinct().count() == 2
+
+
+# ----- a generated dataset: every planted patient defect is caught as the contract says ----------
+def test_generated_patient_defects_are_caught_as_the_contract_says(spark, data_dir):
+    from collections import Counter
+
+    from data_generator import SOURCE_DEFECTS, generate, load_manifest
+    from utils import get_config
+    from utils.bronze import ingest_landing
+    from utils.cdc import build_patients, patients_reconciliation
+    from utils.contracts import defect_types
+
+    landing = get_config().landing_dir
+    # seed 27 plants every patient defect type at this size (checked below)
+    generate(landing, patients=200, days=14, seed=27, defect_rate=0.1,
+             start_date=dt.date(2025, 1, 1))
+    ingest_landing(spark, sources=["patients"])
+    report = build_patients(spark, run_id="gen")
+    assert report.balanced
+    assert all(r.balanced for r in patients_reconciliation(spark).collect())
+
+    planted = [d for d in load_manifest(landing)["defects"] if d["source"] == "ehr_patients"]
+    assert set(Counter(d["defect_type"] for d in planted)) == set(SOURCE_DEFECTS["ehr_patients"])
+    quarantined = {(r._source_file, r._line_number)
+                   for r in spark.table("silver.quarantine_patients").collect()}
+    duplicates = {(r._source_file, r._line_number)
+                  for r in spark.table("silver.dedup_log").where("entity = 'patients'").collect()}
+    changes = {r.change_id: r for r in spark.table("silver.patient_changes").collect()}
+    missed = []
+    for d in planted:
+        where = (d["file"], d["line"])
+        caught_by = defect_types()[d["defect_type"]]["caught_by"]
+        if caught_by == "quarantine":
+            ok = where in quarantined
+        elif caught_by == "duplicate":
+            ok = where in duplicates
+        elif caught_by == "standardized":
+            row = changes.get(d["record_key"])
+            ok = row is not None and row.sex in ("F", "M", "U") and row.state == row.state.strip().upper()
+        else:  # accepted
+            ok = d["record_key"] in changes
+        if not ok:
+            missed.append(d)
+    assert missed == []

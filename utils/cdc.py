@@ -333,6 +333,7 @@ def patient_change_expectations() -> list[Expectation]:
         "sex_accepted": upsert + f"sex IN ({sexes})",
         "first_name_not_null": upsert + "first_name IS NOT NULL",
         "last_name_not_null": upsert + "last_name IS NOT NULL",
+        "payer_id_not_null": upsert + "payer_id IS NOT NULL",
     }
     return [Expectation(name, condition, "drop") for name, condition in rules.items()]
 
