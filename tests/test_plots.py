@@ -155,16 +155,28 @@ def test_chronic_prevalence_pools_sexes_in_band_order(data_dir, drawn):
     assert heights == pytest.approx([0.0, 0.0, 0.25, 1.0])
 
 
-def test_dq_scorecard_table_colors_pass_rate_bands(data_dir, drawn):
+def test_dq_dataset_summary():
+    # claims: 1 rule, 50 rows, all pass, 0 quarantined. encounters: 2 rules over 100 rows, the
+    # worst is admit_ts_present (98 %); 2 quarantined rows of 100 checked = 2 %.
+    got = plots.dq_dataset_summary(scorecard(), {"encounters": 2})
+    assert got.to_dict("records") == [
+        {"dataset": "claims", "rules": 1, "rules_all_pass": 1, "rows_checked": 50,
+         "worst_rule": None, "worst_pass_rate": 1.0, "quarantined_rows": 0,
+         "quarantined_share": 0.0},
+        {"dataset": "encounters", "rules": 2, "rules_all_pass": 1, "rows_checked": 100,
+         "worst_rule": "admit_ts_present", "worst_pass_rate": 0.98, "quarantined_rows": 2,
+         "quarantined_share": 0.02}]
+
+
+def test_dq_scorecard_table_colors_worst_pass_rate(data_dir, drawn):
     fig = plots.dq_scorecard(scorecard(), {"encounters": 2, "claims": 0})
     drawn.append(fig)
-    table = fig.axes[1].tables[0]
-    cells = table.get_celld()
-    # rows sorted by dataset, rule: claims.status_valid 100 %, encounters.admit_ts_present 98 %
-    # (amber band), encounters.charge_not_negative 100 %
-    assert [cells[(r, 5)].get_text().get_text() for r in (1, 2, 3)] == ["100.00%", "98.00%", "100.00%"]
-    assert cells[(2, 4)].get_text().get_text() == "2"
+    cells = fig.axes[0].tables[0].get_celld()
+    assert [cells[(r, 5)].get_text().get_text() for r in (1, 2)] == ["100.00%", "98.00%"]
+    assert cells[(2, 6)].get_text().get_text() == "2"
     assert matplotlib.colors.to_hex(cells[(2, 5)].get_facecolor()) == plots.DQ_BANDS[1][1].lower()
+    rules = [t.get_text() for t in fig.axes[1].get_yticklabels()]
+    assert rules == ["encounters · admit_ts_present"]  # only rules that failed rows
 
 
 def test_dq_scorecard_data_sums_batches_once_per_rule():

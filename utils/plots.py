@@ -362,43 +362,90 @@ def _band_color(pass_rate: float) -> str:
     return "#FFFFFF"
 
 
+def dq_dataset_summary(scorecard: "pd.DataFrame", quarantined: dict[str, int]) -> "pd.DataFrame":
+    """One row per dataset from :func:`dq_scorecard_data`: rules, rules passing every row,
+    rows checked, the worst rule (None when no rule failed a row) and its pass rate,
+    quarantined rows and their share of the rows checked."""
+    import pandas as pd
+
+    rows = []
+    for dataset, part in scorecard.groupby("dataset", sort=True):
+        ranked = part.assign(_rate=part["pass_rate"].fillna(1.0)).sort_values(["_rate", "rule"])
+        worst = ranked.iloc[0]
+        checked = int((part["passed"] + part["failed"]).max())
+        q = int(quarantined.get(dataset, 0))
+        rows.append({"dataset": dataset, "rules": len(part),
+                     "rules_all_pass": int((part["failed"] == 0).sum()), "rows_checked": checked,
+                     "worst_rule": worst["rule"] if worst["failed"] > 0 else None,
+                     "worst_pass_rate": float(worst["_rate"]),
+                     "quarantined_rows": q,
+                     "quarantined_share": round(q / checked, 4) if checked else float("nan")})
+    return pd.DataFrame(rows)
+
+
 @styled
-def dq_scorecard(scorecard: "pd.DataFrame", quarantined: dict[str, int],
+def dq_scorecard(scorecard: "pd.DataFrame", quarantined: dict[str, int], top: int = 12,
                  save: bool = True) -> "Figure":
-    """Data-quality scorecard: a table of every silver rule (rows checked, failed, pass rate,
-    colored by band) beside the quarantined rows per entity."""
+    """Data-quality scorecard: per dataset (rules, rules passing every row, worst rule,
+    quarantined rows) as a color-banded table, the ``top`` rules by failing rows, and the
+    quarantined rows per entity."""
     from matplotlib.patches import Patch
 
-    df = scorecard.sort_values(["dataset", "rule"]).reset_index(drop=True)
-    height = 1.8 + 0.3 * max(len(df), len(quarantined), 4)
-    fig, (axq, ax) = _new_figure(1, 2, figsize=(13.0, height),
-                                 gridspec_kw={"width_ratios": [1, 2.6]})
-    entities = sorted(quarantined, reverse=True)
-    qbars = axq.barh(entities, [quarantined[e] for e in entities], color=PALETTE[3])
-    axq.bar_label(qbars, labels=[f"{quarantined[e]:,}" for e in entities], padding=3, fontsize=8)
-    axq.set_title("Quarantined rows")
-    axq.set_xlabel("Rows in silver.quarantine_<entity> (count)")
-    axq.set_ylabel("Entity")
-    axq.set_xlim(0, max(quarantined.values(), default=0) * 1.3 + 1)
-    axq.grid(axis="y", visible=False)
+    summary = dq_dataset_summary(scorecard, quarantined)
+    worst = (scorecard[scorecard["failed"] > 0].sort_values(["failed", "dataset", "rule"],
+                                                            ascending=[False, True, True])
+             .head(top).iloc[::-1])
+    import matplotlib.pyplot as plt
 
-    ax.axis("off")
-    ax.set_title("Data-quality scorecard: silver expectation rules")
-    cells = [[row.dataset, row.rule, row.action, f"{row.passed + row.failed:,}", f"{row.failed:,}",
-              "n/a" if row.pass_rate != row.pass_rate else f"{row.pass_rate:.2%}"]
-             for row in df.itertuples()]
-    colors = [["white"] * 5 + [_band_color(row.pass_rate)] for row in df.itertuples()]
+    table_h = 0.8 + 0.3 * (len(summary) + 1)
+    bars_h = 1.2 + 0.3 * max(len(worst), len(quarantined), 4)
+    fig = plt.figure(figsize=(13.0, table_h + bars_h))
+    grid = fig.add_gridspec(2, 2, height_ratios=[table_h, bars_h], width_ratios=[1.6, 1])
+    ax_table = fig.add_subplot(grid[0, :])
+    ax_rules, ax_q = fig.add_subplot(grid[1, 0]), fig.add_subplot(grid[1, 1])
+
+    ax_table.axis("off")
+    ax_table.set_title("Data-quality scorecard: silver expectation rules by dataset")
+    cells = [[r.dataset, f"{r.rules}", f"{r.rules_all_pass}", f"{r.rows_checked:,}",
+              r.worst_rule or "(none failed)",
+              f"{r.worst_pass_rate:.2%}", f"{r.quarantined_rows:,}",
+              "n/a" if r.quarantined_share != r.quarantined_share else f"{r.quarantined_share:.2%}"]
+             for r in summary.itertuples()]
+    colors = [["white"] * 5 + [_band_color(r.worst_pass_rate)] + ["white"] * 2
+              for r in summary.itertuples()]
     if cells:
-        table = ax.table(cellText=cells, cellColours=colors, loc="upper center",
-                         colLabels=["dataset", "rule", "action", "rows checked", "failed",
-                                    "pass rate"], colLoc="left", cellLoc="left")
+        table = ax_table.table(
+            cellText=cells, cellColours=colors, loc="upper center", cellLoc="left", colLoc="left",
+            colLabels=["dataset", "rules", "rules at 100 %", "rows checked", "worst rule",
+                       "worst pass rate", "quarantined rows", "quarantined %"])
         table.auto_set_font_size(False)
-        table.set_fontsize(10)
-        table.auto_set_column_width(list(range(6)))
-        table.scale(1, 1.6)
-    ax.legend(handles=[Patch(color=color, label=label) for _, color, label in DQ_BANDS],
-              title="Pass rate", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _finish(fig, "dq_scorecard", "silver.dq_metrics (all batches), silver.quarantine_*",
+        table.set_fontsize(9)
+        table.auto_set_column_width(list(range(8)))
+        table.scale(1, 1.3)
+    ax_table.legend(handles=[Patch(color=color, label=label) for _, color, label in DQ_BANDS],
+                    title="Worst pass rate", loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                    ncol=len(DQ_BANDS))
+
+    labels = worst["dataset"] + " · " + worst["rule"]
+    bars = ax_rules.barh(labels, worst["failed"], color=PALETTE[1])
+    ax_rules.bar_label(bars, labels=[f"{f:,} ({r:.2%} pass)" for f, r in
+                                     zip(worst["failed"], worst["pass_rate"])],
+                       padding=3, fontsize=8)
+    ax_rules.set_title(f"Rules with the most failing rows (top {top})")
+    ax_rules.set_xlabel("Rows failing the rule (count)")
+    ax_rules.set_ylabel("Dataset · rule")
+    ax_rules.set_xlim(0, (worst["failed"].max() if len(worst) else 0) * 1.45 + 1)
+    ax_rules.grid(axis="y", visible=False)
+
+    entities = sorted(quarantined, reverse=True)
+    qbars = ax_q.barh(entities, [quarantined[e] for e in entities], color=PALETTE[3])
+    ax_q.bar_label(qbars, labels=[f"{quarantined[e]:,}" for e in entities], padding=3, fontsize=8)
+    ax_q.set_title("Quarantined rows by entity")
+    ax_q.set_xlabel("Rows in silver.quarantine_<entity> (count)")
+    ax_q.set_ylabel("Entity")
+    ax_q.set_xlim(0, max(quarantined.values(), default=0) * 1.3 + 1)
+    ax_q.grid(axis="y", visible=False)
+    return _finish(fig, "dq_scorecard", "silver.dq_metrics (each batch once), silver.quarantine_*",
                    save)
 
 
