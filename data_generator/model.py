@@ -205,22 +205,43 @@ def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     return np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1)
 
 
-def _name_pools(seed: int) -> dict[str, np.ndarray]:
-    """Small pools of identity strings from Faker (seeded): names and street names."""
-    from faker import Faker
+class NamePools:
+    """Identity vocabularies from Faker's en_US providers, sampled with numpy.
 
-    fake = Faker("en_US")
-    fake.seed_instance(seed)
-    pools = {
-        "first_f": [fake.first_name_female() for _ in range(400)],
-        "first_m": [fake.first_name_male() for _ in range(400)],
-        "first_u": [fake.first_name_nonbinary() for _ in range(100)],
-        "last": [fake.last_name() for _ in range(800)],
-        "street": [fake.street_name() for _ in range(600)],
-        "doctor_first": [fake.first_name() for _ in range(300)],
-        "doctor_last": [fake.last_name() for _ in range(500)],
-    }
-    return {k: np.array(v, dtype=object) for k, v in pools.items()}
+    Faker's own frequency-weighted name lists are read once; drawing millions of names is
+    then a weighted ``rng.choice`` instead of millions of Faker calls (same realism, seeded by
+    the generator's numpy stream, so the output depends on the seed alone).
+    """
+
+    def __init__(self):
+        from faker.providers.address.en_US import Provider as Address
+        from faker.providers.person.en_US import Provider as Person
+
+        def weighted(names) -> tuple[np.ndarray, np.ndarray]:
+            if isinstance(names, dict):
+                keys = np.array(list(names), dtype=object)
+                weights = np.array(list(names.values()), dtype=float)
+            else:
+                keys = np.array(sorted(set(names)), dtype=object)
+                weights = np.ones(len(keys))
+            return keys, weights / weights.sum()
+
+        self.pools = {
+            "first_f": weighted(Person.first_names_female),
+            "first_m": weighted(Person.first_names_male),
+            "first_u": weighted(Person.first_names_nonbinary),
+            "last": weighted(Person.last_names),
+            "suffix": weighted(Address.street_suffixes),
+        }
+
+    def draw(self, rng: np.random.Generator, pool: str, size) -> np.ndarray:
+        names, weights = self.pools[pool]
+        return names[rng.choice(len(names), size=size, p=weights)]
+
+    def streets(self, rng: np.random.Generator, size: int) -> np.ndarray:
+        """Street names like Faker's ``street_name()``: '<last name> <suffix>'."""
+        return (self.draw(rng, "last", size).astype(str).astype(object) + " "
+                + self.draw(rng, "suffix", size).astype(str).astype(object))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,7 +251,8 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     start_day = int((np.datetime64(start_date, "D") - np.datetime64("1970-01-01", "D")).astype(int))
     t0 = start_day * DAY
     t_end = (start_day + days) * DAY
-    pools = _name_pools(seed)
+    names = NamePools()
+    street_pool = names.streets(rng, 800)
 
     # --- reference: facilities, providers ---------------------------------------------------
     n_fac = len(FACILITIES)
@@ -256,8 +278,9 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     bases = 100_000_000 + rng.choice(200_000_000, size=n_prov, replace=False)
     providers = {
         "npi": npi_numbers(bases).astype(str).astype(object),
-        "first_name": pools["doctor_first"][rng.integers(0, len(pools["doctor_first"]), n_prov)],
-        "last_name": pools["doctor_last"][rng.integers(0, len(pools["doctor_last"]), n_prov)],
+        "first_name": np.where(rng.random(n_prov) < 0.5, names.draw(rng, "first_f", n_prov),
+                               names.draw(rng, "first_m", n_prov)),
+        "last_name": names.draw(rng, "last", n_prov),
         "specialty": np.array(SPECIALTIES, dtype=object)[prov_spec],
         "facility_idx": prov_fac,
     }
@@ -277,16 +300,15 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     n_chronic = cond.sum(axis=1)
     city_w = np.array([c[4] for c in CITIES])
     city = rng.choice(len(CITIES), size=n, p=city_w / city_w.sum())
-    first_pool = [pools["first_f"], pools["first_m"], pools["first_u"]]
     first_name = np.empty(n, dtype=object)
-    for s in range(3):
+    for s, pool in enumerate(("first_f", "first_m", "first_u")):
         sel = sex == s
-        first_name[sel] = first_pool[s][rng.integers(0, len(first_pool[s]), sel.sum())]
-    last_name = pools["last"][rng.integers(0, len(pools["last"]), n)]
+        first_name[sel] = names.draw(rng, pool, int(sel.sum()))
+    last_name = names.draw(rng, "last", n)
     payer_type_p = np.array([[0.00, 0.40, 0.57, 0.03], [0.03, 0.20, 0.66, 0.11],
                              [0.06, 0.14, 0.73, 0.07], [0.90, 0.05, 0.04, 0.01]])
     payer0 = _payer_for(rng, payer_type_p[age_band])
-    home_phone = rng.integers(0, 10 ** 7, n) + 2_000_000    # exchange 200-999
+    home_phone = rng.integers(2_000_000, 10_000_000, n)     # exchange 200-999 + line
     ssn = np.char.add(np.char.add(np.char.add(np.char.add(
         rng.integers(900, 1000, n).astype(str), "-"),
         np.char.zfill(rng.integers(1, 100, n).astype(str), 2)), "-"),
@@ -398,14 +420,14 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     upd_valid[:, 1] &= upd_valid[:, 0]        # a second change only after a first one
     # state per version (0 = insert, 1 = after first update, 2 = after second)
     street_no = rng.integers(1, 9_900, (n, 3))
-    street = rng.integers(0, len(pools["street"]), (n, 3))
+    street = rng.integers(0, len(street_pool), (n, 3))
     zip2 = rng.integers(0, 100, (n, 3))
     moved_city = np.where(rng.random((n, 3)) < 0.25, rng.choice(len(CITIES), size=(n, 3),
                                                                  p=city_w / city_w.sum()),
                           city[:, None])
     new_payer = np.stack([payer0, _payer_for(rng, payer_type_p[age_band]),
                           _payer_for(rng, payer_type_p[age_band])], axis=1)
-    new_phone = rng.integers(0, 10 ** 7, (n, 3)) + 2_000_000
+    new_phone = rng.integers(2_000_000, 10_000_000, (n, 3))
     v_street_no, v_street, v_zip2, v_city = (street_no.copy(), street.copy(), zip2.copy(),
                                              moved_city.copy())
     v_payer, v_phone = new_payer.copy(), new_phone.copy()
@@ -509,7 +531,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     changes = _change_records(n, insert_ts, upd_ts, upd_valid, delete, delete_ts)
     patients_out = {
         "sex": sex, "birth_day": birth_day, "first_name": first_name, "last_name": last_name,
-        "street_no": v_street_no, "street": pools["street"][v_street], "zip2": v_zip2,
+        "street_no": v_street_no, "street": street_pool[v_street], "zip2": v_zip2,
         "city": v_city, "payer": v_payer, "phone": v_phone, "ssn": ssn, "cond": cond,
         "age": age, "n_chronic": n_chronic, "insert_ts": insert_ts,
     }
