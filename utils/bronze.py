@@ -413,8 +413,34 @@ def _forget_stale_name(spark: "SparkSession", table: str, config: CourseConfig) 
     except Exception:  # noqa: BLE001 - not registered in this session yet
         return
     location = next((r[1] for r in rows if r[0] == "Location"), None)
-    if location is not None and location.removeprefix("file://") != str(config.table_path(LAYER, table)):
+    path = config.table_path(LAYER, table)
+    if location is not None and (location.removeprefix("file://") != str(path)
+                                 or not is_delta_table(path)):
         spark.sql(f"DROP TABLE IF EXISTS {name}")
+
+
+def reset_bronze(spark: "SparkSession", config: CourseConfig | None = None) -> list[str]:
+    """Lesson helper: drop every local bronze table (name and files); return the names dropped.
+
+    Bronze is append-only in production. Notebook 02 calls this once so its first incremental
+    run starts from an empty bronze whatever ran before; the landing zone is the system of
+    record and the next ``ingest_landing`` rebuilds bronze from it. Refused on Databricks.
+    """
+    import shutil
+
+    config = config or get_config()
+    if config.databricks:
+        raise RuntimeError("reset_bronze is a local lesson helper: it never drops Databricks tables.")
+    dropped = []
+    with ingest_lock(config):
+        for table in [*ENTITY_SPECS, EMPTY_FILES_TABLE]:
+            name = config.table_name(LAYER, table)
+            spark.sql(f"DROP TABLE IF EXISTS {name}")
+            path = config.table_path(LAYER, table)
+            if path.exists():
+                shutil.rmtree(path)
+                dropped.append(name)
+    return dropped
 
 
 def ingested_files(spark: "SparkSession", entity: str, config: CourseConfig | None = None) -> list[str]:
@@ -500,9 +526,14 @@ def _append(spark: "SparkSession", table: str, df: "DataFrame", config: CourseCo
 
 def _commit_files(spark: "SparkSession", entity: str, items: list[tuple[LandingFile, FileLines]],
                   run_id: str, ingest_ts: dt.datetime, config: CourseConfig) -> None:
-    """Append the rows of whole files in one commit (one frame per file, unioned, one write)."""
+    """Append the rows of whole files in one commit (one frame per file, unioned, one write).
+
+    ``coalesce(1)``: Sail writes one Parquet file per union input otherwise, i.e. one tiny
+    file per landing file (60 per table for the course dataset); a commit is at most
+    ``COMMIT_BYTES`` of text, a sensible size for one Parquet file. Same speed, measured.
+    """
     frames = [_file_frame(spark, f, lines, run_id, ingest_ts) for f, lines in items]
-    _append(spark, entity, reduce(lambda a, b: a.unionByName(b), frames), config)
+    _append(spark, entity, reduce(lambda a, b: a.unionByName(b), frames).coalesce(1), config)
 
 
 def _estimate_bytes(lines: FileLines) -> int:
@@ -642,5 +673,6 @@ __all__ = [
     "ingest_lock",
     "ingested_files",
     "read_landing_file",
+    "reset_bronze",
     "split_lines",
 ]
