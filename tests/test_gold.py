@@ -196,6 +196,7 @@ def test_ed_utilization_per_1000_active(spark):
     # ED visits: Jan 1, Feb 0 (the inpatient stay only puts Feb in the calendar), Mar 3.
     # Active: Jan 2 (P1 P2), Feb 3 (P1 P2 P3), Mar 3 (P1 P2 P4).
     # Per 1,000: 1/2 -> 500.0, 0/3 -> 0.0, 3/3 -> 1000.0
+    # Calendar 01-31 .. 03-31: January is covered by 1 day, February 28, March 31.
     encounters = silver(spark, "encounters", [
         enc("E1", "P1", "F1", "emergency", "2025-01-31 23:30:00", "2025-02-01 01:00:00"),
         enc("I1", "P1", "F1", "inpatient", "2025-02-10 09:00:00", "2025-02-12 09:00:00"),
@@ -206,9 +207,9 @@ def test_ed_utilization_per_1000_active(spark):
     ])
     got = gold.ed_utilization(encounters, patients_history(spark))
     assert_df_equality(got, expected(spark, "ed_utilization", [
-        ("2025-01-01", "1", "2", "500.0"),
-        ("2025-02-01", "0", "3", "0.0"),
-        ("2025-03-01", "3", "3", "1000.0"),
+        ("2025-01-01", "1", "1", "2", "500.0"),
+        ("2025-02-01", "28", "0", "3", "0.0"),
+        ("2025-03-01", "31", "3", "3", "1000.0"),
     ]))
 
 
@@ -397,7 +398,7 @@ def test_every_gold_table_has_a_definition_and_a_function():
 
 
 def test_conform_rejects_missing_columns(spark):
-    with pytest.raises(ValueError, match=r"gold.ed_utilization is missing column\(s\) \['ed_visits"):
+    with pytest.raises(ValueError, match=r"gold.ed_utilization is missing column\(s\) \['days_covered'"):
         gold.conform(spark.createDataFrame([("2025-01-01",)], "month string"), "ed_utilization")
 
 

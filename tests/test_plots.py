@@ -43,8 +43,8 @@ def occupancy():
 
 
 def ed():
-    return pd.DataFrame({"month": [JAN, FEB], "ed_visits": [1, 0], "active_patients": [2, 3],
-                         "ed_visits_per_1000": [500.0, 0.0]})
+    return pd.DataFrame({"month": [JAN, FEB], "days_covered": [31, 3], "ed_visits": [1, 0],
+                         "active_patients": [2, 3], "ed_visits_per_1000": [500.0, 0.0]})
 
 
 def payer_mix():
@@ -219,6 +219,21 @@ def test_layer_counts_and_quarantine_from_tables(spark, data_dir):
         ("landing", "claims", 0), ("landing", "encounters", 5), ("bronze", "encounters", 5),
         ("silver", "encounters", 3), ("gold", "ed_utilization", 2), ("gold", "payer_mix", 4)]
     assert plots.quarantine_counts(spark) == {"encounters": 1}
+
+
+def test_ed_partial_month_is_hatched_and_labeled(data_dir, drawn):
+    fig = plots.ed_visits_per_1000(ed())
+    drawn.append(fig)
+    jan, feb = fig.axes[0].patches
+    assert (jan.get_hatch(), feb.get_hatch()) == (None, "//")  # February: 3 of 28 days
+    labels = [t.get_text() for t in fig.axes[0].texts]
+    assert labels == ["1 visits", "0 visits\npartial: 3 day(s)"]
+
+
+def test_short_test_names():
+    assert plots._short_test_name("Glucose [Mass/volume] in Serum or Plasma") == "Glucose"
+    assert plots._short_test_name("Hemoglobin A1c/Hemoglobin.total in Blood", 20) == \
+        "Hemoglobin A1c/Hemo…"
 
 
 def test_figures_accept_spark_frames(spark, data_dir, drawn):

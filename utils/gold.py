@@ -316,12 +316,13 @@ def ed_utilization(encounters: DataFrame, patients: DataFrame) -> DataFrame:
     """``gold.ed_utilization``: emergency visits per month and per 1,000 active patients."""
     from pyspark.sql import functions as F
 
-    months = _calendar(encounters).select(month_of("day").alias("month")).distinct()
+    months = (_calendar(encounters).groupBy(month_of("day").alias("month"))
+              .agg(F.count("*").alias("days_covered")))
     visits = (encounters.where(F.col("encounter_class") == "emergency")
               .groupBy(month_of("admit_ts").alias("month"))
               .agg(F.count("*").alias("ed_visits")))
     out = (months.join(visits, "month", "left")
-           .join(active_patients_by_month(patients, months), "month", "left")
+           .join(active_patients_by_month(patients, months.select("month")), "month", "left")
            .withColumn("ed_visits", F.coalesce("ed_visits", F.lit(0)))
            .withColumn("active_patients", F.coalesce("active_patients", F.lit(0)))
            .withColumn("ed_visits_per_1000",

@@ -184,6 +184,7 @@ def alos_by_facility(length_of_stay: "DataFrame | pd.DataFrame", save: bool = Tr
 def bed_occupancy_heatmap(occupancy: "DataFrame | pd.DataFrame", save: bool = True) -> "Figure":
     """Midnight occupancy rate per facility (rows) and day (columns)."""
     import matplotlib.dates as mdates
+    import numpy as np
 
     df = _pandas(occupancy)
     df["census_date"] = _dates(df["census_date"])
@@ -191,9 +192,13 @@ def bed_occupancy_heatmap(occupancy: "DataFrame | pd.DataFrame", save: bool = Tr
     days = grid.columns
     fig, ax = _new_figure(figsize=(12.0, 1.2 + 0.6 * max(len(grid), 1)))
     extent = (mdates.date2num(days.min()), mdates.date2num(days.max()) + 1, len(grid), 0)
-    image = ax.imshow(grid.to_numpy(dtype=float) * 100, aspect="auto", cmap="YlOrRd",
-                      vmin=0, vmax=max(100.0, float(grid.max().max()) * 100), extent=extent,
-                      interpolation="nearest")
+    values = grid.to_numpy(dtype=float) * 100
+    # Full scale 0-100 % when occupancy is high; zoom in (to the next 10 %) when it is low,
+    # so differences stay visible. The colorbar shows the scale either way.
+    top = float(np.nanmax(values)) if values.size else 0.0
+    vmax = 100.0 if top >= 50 else max(10.0, float(np.ceil(top / 10) * 10))
+    image = ax.imshow(values, aspect="auto", cmap="YlOrRd", vmin=0, vmax=max(vmax, top),
+                      extent=extent, interpolation="nearest")
     ax.set_yticks([i + 0.5 for i in range(len(grid))], grid.index)
     ax.xaxis_date()
     _month_axis(ax)
@@ -210,10 +215,18 @@ def bed_occupancy_heatmap(occupancy: "DataFrame | pd.DataFrame", save: bool = Tr
 def ed_visits_per_1000(ed: "DataFrame | pd.DataFrame", save: bool = True) -> "Figure":
     """Emergency visits per 1,000 active patients by month, with the visit counts."""
     df = _pandas(ed).sort_values("month")
-    labels = [m.strftime("%b %Y") for m in _dates(df["month"])]
+    months = _dates(df["month"])
+    labels = [m.strftime("%b %Y") for m in months]
+    full = [int(c) == m.days_in_month for c, m in zip(df["days_covered"], months)]
     fig, ax = _new_figure()
     bars = ax.bar(labels, df["ed_visits_per_1000"].fillna(0), color=PALETTE[5])
-    ax.bar_label(bars, labels=[f"{v:,} visits" for v in df["ed_visits"]], padding=2, fontsize=8)
+    for bar, is_full in zip(bars, full):
+        if not is_full:
+            bar.set_hatch("//")
+            bar.set_alpha(0.5)
+    ax.bar_label(bars, labels=[f"{v:,} visits" + ("" if f else f"\npartial: {d} day(s)")
+                               for v, f, d in zip(df["ed_visits"], full, df["days_covered"])],
+                 padding=2, fontsize=8)
     ax.set_title("Emergency department visits per 1,000 active patients")
     ax.set_xlabel("Month of visit")
     ax.set_ylabel("ED visits (per 1,000 active patients)")
@@ -247,6 +260,12 @@ def payer_mix_stacked(payer_mix: "DataFrame | pd.DataFrame", save: bool = True) 
     return _finish(fig, "payer_mix", "gold.payer_mix", save)
 
 
+def _short_test_name(name: str, width: int = 36) -> str:
+    """A LOINC long name without its [property/system] part, cut to ``width`` characters."""
+    short = str(name).split(" [")[0]
+    return short if len(short) <= width else short[: width - 1] + "…"
+
+
 @styled
 def abnormal_lab_rates(labs: "DataFrame | pd.DataFrame", save: bool = True) -> "Figure":
     """Share of results outside the reference range per LOINC test, over the whole period."""
@@ -254,7 +273,8 @@ def abnormal_lab_rates(labs: "DataFrame | pd.DataFrame", save: bool = True) -> "
     by = (df.groupby(["loinc_code", "test_name"], as_index=False)[["abnormal_results", "results"]]
           .sum())
     by["rate"] = by["abnormal_results"] / by["results"]
-    by["label"] = by["test_name"].str.slice(0, 40) + " (" + by["loinc_code"] + ")"
+    by["label"] = [f"{_short_test_name(name)} ({code})"
+                   for name, code in zip(by["test_name"], by["loinc_code"])]
     by = by.sort_values(["rate", "label"])
     fig, ax = _new_figure(figsize=(10.0, 1.5 + 0.4 * max(len(by), 1)))
     bars = ax.barh(by["label"], by["rate"], color=PALETTE[3])
@@ -509,9 +529,10 @@ def medallion_funnel(counts: "pd.DataFrame", save: bool = True) -> "Figure":
     for layer, width, y in zip(layers, widths, positions):
         ax.barh(y, width, left=(widest - width) / 2, color=LAYER_COLORS[layer], height=0.7)
         change = ""
-        if previous:
-            delta = width - previous
-            change = f"\n{delta:+,} rows vs {layers[layers.index(layer) - 1]}"
+        if layer == "gold":
+            change = "\n(KPI aggregates, not entity rows)"
+        elif previous is not None:
+            change = f"\n{width - previous:+,} rows vs {layers[layers.index(layer) - 1]}"
         ax.text(widest / 2, y, f"{width:,} rows in {tables[layer]} table(s){change}", ha="center",
                 va="center", fontsize=10, color="black",
                 bbox={"facecolor": "white", "alpha": 0.75, "edgecolor": "none"})
