@@ -244,3 +244,69 @@ def test_bad_input_is_kept_line_for_line(spark, data_dir):
 
     again = ingest_landing(spark, sources=["encounters", "lab_results"])  # names are stable
     assert (again.files_added, again.rows_added) == (0, 0)
+
+
+# ----- and silver quarantines what bronze kept ------------------------------------------------
+def _contract_header(source: str) -> str:
+    from utils.contracts import landing_sources
+
+    return ",".join(landing_sources()[source]["columns"])
+
+
+GOOD_ENCOUNTER = ("ENC{n},MRN0000001,FAC001,1234567893,inpatient,2025-03-01T08:00:00,"
+                  "2025-03-02T09:00:00,emergency,emergency_room,home,PAY01,E11.9,I10,100.00")
+
+
+def test_bad_lines_end_in_silver_quarantine_with_the_rule_that_caught_them(spark, data_dir):
+    """Bronze keeps everything; silver's structural rules quarantine the broken lines."""
+    from utils import silver
+
+    header = _contract_header("ehr_encounters")
+    files = {
+        enc_file("2025-04-01"): (header + "\n" + GOOD_ENCOUNTER.format(n=1) + "\n"
+                                 + GOOD_ENCOUNTER.format(n=2).rsplit(",", 3)[0]).encode(),  # truncated last line
+        enc_file("2025-04-02"): (header + "\n" + GOOD_ENCOUNTER.format(n=3).replace("MRN", "MR\xc9")
+                                 + "\n").encode("latin-1"),  # invalid UTF-8
+        enc_file("2025-04-03"): b"\xef\xbb\xbf" + (header + "\r\n" + GOOD_ENCOUNTER.format(n=4)
+                                                   + "\r\n").encode(),  # BOM + CRLF: fine
+        enc_file("2025-04-04"): (header + ",note\n" + GOOD_ENCOUNTER.format(n=5)
+                                 + ",late fee\n").encode(),  # column added: rescued, not lost
+        enc_file("2025-04-05"): (header.replace(",admit_ts", "") + "\n"
+                                 + GOOD_ENCOUNTER.format(n=6).replace(",2025-03-01T08:00:00", "")
+                                 + "\n").encode(),  # a missing (required) column
+        "ehr_encounters/2025-04-06/scan.png": _binary_blob(),
+        "fhir_observations/2025-04-01/Observation_20250401.ndjson":
+            BAD_FILES["fhir_observations/2025-03-01/Observation_20250301.ndjson"],
+    }
+    write_landing(data_dir, files)
+    ingest_landing(spark, sources=["encounters", "lab_results"])
+
+    empty_keys = spark.createDataFrame([], "key string")
+    refs = {name: silver.code_table(spark, name) for name in ("icd10cm", "loinc", "rxnorm", "cpt")}
+    refs.update({name: empty_keys for name in ("patients", "encounters", "providers",
+                                               "facilities", "payers")})
+    structural = {"valid_encoding", "complete_record", "encounter_id_not_null", "admit_ts_not_null"}
+
+    def quarantined(entity: str) -> dict[tuple[str, int], list[str]]:
+        rules = [r for r in silver.EXPECTATIONS[entity]() if r.name in structural]
+        result = silver.cleanse(entity, table(spark, entity), refs, rules=rules)
+        return {(r._source_file, r._line_number): sorted(r._failed_rules)
+                for r in result.quarantined.collect()}
+
+    caught = quarantined("encounters")
+    assert caught[(enc_file("2025-04-01"), 3)] == ["complete_record"]
+    assert caught[(enc_file("2025-04-02"), 2)] == ["valid_encoding"]
+    assert caught[(enc_file("2025-04-05"), 2)] == ["admit_ts_not_null"]
+    binary_lines = {line for (path, line) in caught if path.endswith("scan.png")}
+    binary = files["ehr_encounters/2025-04-06/scan.png"]
+    assert binary_lines == set(range(2, 2 + expected_data_lines("scan.png", binary)))
+    for clean in [(enc_file("2025-04-01"), 2), (enc_file("2025-04-03"), 2), (enc_file("2025-04-04"), 2)]:
+        assert clean not in caught, f"{clean} should pass the structural rules"
+    rescued = silver.parse_entity("encounters", table(spark, "encounters")).where(
+        f"_source_file = '{enc_file('2025-04-04')}'").first()._rescued_data
+    assert rescued == '{"note":"late fee"}'
+
+    labs = quarantined("lab_results")
+    assert sorted(labs) == [("fhir_observations/2025-04-01/Observation_20250401.ndjson", 1),
+                            ("fhir_observations/2025-04-01/Observation_20250401.ndjson", 2)]
+    assert set(map(tuple, labs.values())) == {("complete_record",)}
