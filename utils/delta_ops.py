@@ -243,11 +243,13 @@ def read_version(spark: SparkSession, layer: str, table: str | None = None,
     if (version is None) == (timestamp is None):
         raise ValueError("Give exactly one of version= or timestamp=.")
     if uses_sql():
+        if _managed(layer):
+            as_of = (f"VERSION AS OF {int(version)}" if version is not None
+                     else f"TIMESTAMP AS OF {_sql_string(_utc(timestamp).isoformat())}")
+            return spark.sql(f"SELECT * FROM {table_name(layer, table)} {as_of}")
         reader = spark.read.format("delta")
         reader = (reader.option("versionAsOf", int(version)) if version is not None
                   else reader.option("timestampAsOf", _utc(timestamp).isoformat()))
-        if _managed(layer):
-            return reader.table(table_name(layer, table))
         return reader.load(str(table_path(layer, table)))
     if version is None:
         version = _timestamp_to_version(layer, table, timestamp)
@@ -536,11 +538,18 @@ def create_cdf_table(spark: SparkSession, df: DataFrame, layer: str,
     layer, table = _split(layer, table)
     _check_scratch(layer, table)
     drop_scratch_table(spark, layer, table)
-    if uses_sql():
-        _write(df, layer, table, "overwrite")
-        spark.sql(f"ALTER TABLE {_sql_ref(spark, layer, table)} "
-                  f"SET TBLPROPERTIES ('{CDF_PROPERTY}' = 'true')")
-        return table_name(layer, table)
+    if uses_sql():  # CTAS, so the feed is on from version 0 as with delta-rs
+        name = table_name(layer, table)
+        props = ", ".join(f"'{k}' = '{v}'" for k, v in
+                          {**COURSE_TABLE_PROPERTIES, CDF_PROPERTY: "true"}.items())
+        location = "" if _managed(layer) else f" LOCATION {_sql_string(_location(layer, table))}"
+        view = f"_cdf_source_{table}"
+        df.createOrReplaceTempView(view)
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+        spark.sql(f"CREATE TABLE {name} USING delta{location} TBLPROPERTIES ({props}) "
+                  f"AS SELECT * FROM {view}")
+        spark.catalog.dropTempView(view)
+        return name
     from deltalake import write_deltalake
 
     write_deltalake(str(_location(layer, table)), df.toArrow(), mode="error",
