@@ -407,6 +407,17 @@ def test_committed_data_dictionary_is_current():
         "docs/data_dictionary.md is stale: run `python -m utils.gold --write-dictionary`")
 
 
+def test_fingerprint_ignores_order_but_not_content(spark):
+    cols = {"k": "string", "d": "decimal(16,2)", "a": "array<string>", "t": "timestamp"}
+    rows = [("x", "1.50", ["b", "a"], "2025-01-01 00:00:00"), ("y", None, [], None)]
+    one = typed(spark, cols, rows)
+    same = typed(spark, cols, rows[::-1])
+    changed = typed(spark, cols, [rows[0], ("y", "0.01", [], None)])
+    assert gold.fingerprint(one) == gold.fingerprint(same)
+    assert gold.fingerprint(one) != gold.fingerprint(changed)
+    assert len(gold.fingerprint(one)) == 16
+
+
 # ----- build: contract types and idempotence ---------------------------------------------------
 def forget_course_tables(spark) -> None:
     """Drop this session's registrations of course tables (their files stay).
@@ -441,10 +452,12 @@ def test_build_gold_is_idempotent_and_typed(spark, data_dir):
 
     first = gold.build_gold(spark)
     snapshot = {name: rows_of(spark.table(f"gold.{name}")) for name in first}
+    prints = {name: gold.fingerprint(spark.table(f"gold.{name}")) for name in first}
     second = gold.build_gold(spark)
     assert second == first
     for name in first:
         assert rows_of(spark.table(f"gold.{name}")) == snapshot[name], name
+        assert gold.fingerprint(spark.table(f"gold.{name}")) == prints[name], name
 
     # Row counts worked out above: stays give 4 readmission and 5 LOS groups; the calendar
     # 01-01..03-10 is 69 days x 2 facilities with beds = 138; months Jan-Mar; all payers
