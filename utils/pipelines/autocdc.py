@@ -82,9 +82,16 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
 
     writer(events).mode("append").save(str(state_path))
     state = spark.read.format("delta").load(str(state_path))
-    touched = events.select(*keys).distinct()
-    history = state.join(touched, on=[state[k].eqNullSafe(touched[k]) for k in keys],
-                         how="left_semi")
+    # the keys this batch touches, from the rows just stored (not by recomputing the source)
+    touched = (state.filter(F.col(ARRIVAL) == batch_id)
+               .select(*[F.col(_quote(k)).alias(f"__key_{i}") for i, k in enumerate(keys)])
+               .distinct())
+
+    def of_touched(df: "DataFrame") -> "DataFrame":
+        return df.join(touched, on=[df[_quote(k)].eqNullSafe(touched[f"__key_{i}"])
+                                    for i, k in enumerate(keys)], how="left_semi")
+
+    history = of_touched(state)
     # the same event delivered twice (same keys and sequence) counts once: the latest arrival
     by_event = Window.partitionBy(*keys, SEQ).orderBy(F.col(ARRIVAL).desc())
     history = (history.withColumn("__n", F.row_number().over(by_event))
@@ -116,8 +123,7 @@ def apply_auto_cdc(spark: "SparkSession", cdc: Any, changes: "DataFrame", target
     if scd2:
         upserts = versions.withColumn("__op", F.lit("upsert"))
         current = spark.read.format("delta").load(str(target_path))
-        current_touched = current.join(
-            touched, on=[current[k].eqNullSafe(touched[k]) for k in keys], how="left_semi")
+        current_touched = of_touched(current)
         stale = current_touched.join(
             versions, on=[current_touched[k].eqNullSafe(versions[k]) for k in keys]
             + [current_touched[START_AT].eqNullSafe(versions[START_AT])], how="left_anti")

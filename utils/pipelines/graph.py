@@ -111,10 +111,16 @@ def plan_references(df: "DataFrame", spark: "SparkSession") -> list[TableReferen
     return found
 
 
-def has_streaming_file_source(df: "DataFrame", spark: "SparkSession") -> bool:
+def streaming_file_sources(df: "DataFrame", spark: "SparkSession") -> list[str]:
+    """Paths of the streaming file reads in ``df``'s plan (empty when it has none)."""
     plan = df._plan.to_proto(spark.client)
-    return any(m.DESCRIPTOR.full_name == "spark.connect.Read" and m.is_streaming
-               and m.HasField("data_source") for m in iter_messages(plan))
+    return [path for m in iter_messages(plan)
+            if m.DESCRIPTOR.full_name == "spark.connect.Read" and m.is_streaming
+            and m.HasField("data_source") for path in (list(m.data_source.paths) or ["?"])]
+
+
+def has_streaming_file_source(df: "DataFrame", spark: "SparkSession") -> bool:
+    return bool(streaming_file_sources(df, spark))
 
 
 class _ReferenceRecorder:
@@ -184,6 +190,7 @@ class FlowNode:
     analysis_error: str | None = None
     streaming: bool = False         # reads at least one source with readStream
     deferred: bool = False          # query could not be planned before its inputs exist
+    file_sources: list[str] = field(default_factory=list)   # paths read with readStream
 
 
 @dataclass
@@ -315,7 +322,7 @@ def _analyze_flows(registry: LocalRegistry, spark: "SparkSession", resolver: "_R
                 if df is None or not hasattr(df, "_plan"):
                     raise TypeError(f"it returned {type(df).__name__}, not a DataFrame")
                 references = plan_references(df, spark)
-                file_stream = has_streaming_file_source(df, spark)
+                file_stream = streaming_file_sources(df, spark)
             except Exception as err:  # noqa: BLE001 - retried, deferred or reported below
                 error = f"{type(err).__name__}: {(str(err).strip() or '?').splitlines()[0][:300]}"
                 attempts[flow.name] = (recorder.references, error)
@@ -325,7 +332,7 @@ def _analyze_flows(registry: LocalRegistry, spark: "SparkSession", resolver: "_R
                     continue              # an input is not known yet: next round
                 pending.remove(flow)
                 progress = True
-                _add_flow(flows, datasets, resolver, flow, registry, recorder.references, False,
+                _add_flow(flows, datasets, resolver, flow, registry, recorder.references, [],
                           error, problems)
                 continue
             pending.remove(flow)
@@ -357,7 +364,7 @@ def _analyze_flows(registry: LocalRegistry, spark: "SparkSession", resolver: "_R
         if not progress:   # inputs that never become known: report what each flow needed
             for flow in pending:
                 refs, error = attempts.get(flow.name, ([], "not analyzed"))
-                _add_flow(flows, datasets, resolver, flow, registry, refs, False, error, problems)
+                _add_flow(flows, datasets, resolver, flow, registry, refs, [], error, problems)
             for cdc in cdc_pending:
                 source = resolver.key(cdc.source)
                 flows[cdc.name or cdc.target] = FlowNode(
@@ -367,8 +374,8 @@ def _analyze_flows(registry: LocalRegistry, spark: "SparkSession", resolver: "_R
 
 
 def _add_flow(flows: dict, datasets: dict, resolver: "_Resolver", flow: Any,
-              registry: LocalRegistry, references: list[TableReference], file_stream: bool,
-              error: str | None, problems: list[str]) -> "FlowNode":
+              registry: LocalRegistry, references: list[TableReference],
+              file_sources: list[str], error: str | None, problems: list[str]) -> "FlowNode":
     node = FlowNode(flow.name, resolver.key(flow.target), "query",
                     expectations=registry.expectations.get(flow.name, []), definition=flow)
     if error is not None:
@@ -383,7 +390,8 @@ def _add_flow(flows: dict, datasets: dict, resolver: "_Resolver", flow: Any,
             node.inputs.append(key)
         if ref.streaming:
             node.streaming_inputs.add(key)
-    node.streaming = bool(node.streaming_inputs) or file_stream
+    node.file_sources = list(file_sources)
+    node.streaming = bool(node.streaming_inputs) or bool(file_sources)
     flows[node.name] = node
     return node
 

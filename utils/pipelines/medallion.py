@@ -13,12 +13,18 @@ here; everything else (parsing, rules, dedupe, SCD2 columns, KPIs) is imported f
   pipeline's bronze tables (``utils.silver.load_references`` reads ``bronze.*``).
 * :func:`scd2_to_contract` - AUTO CDC's SCD2 columns (``__START_AT``/``__END_AT``) -> the
   contract's ``silver.patients`` (``valid_from``, ``valid_to``, ``is_current``, ``is_deleted``).
+* :func:`stage_landing` - copy the landing zone's batch days up to a date into the pipeline's
+  own landing folder, to replay "a new day arrives" (notebook 07).
 * :func:`with_expectations` - a list of :class:`utils.expectations.Expectation` as pipeline
   expectation decorators (native on Databricks, the local shim elsewhere).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from utils.config import get_config, on_databricks
@@ -162,3 +168,46 @@ def with_expectations(rules: Iterable[Expectation]) -> Callable[[Callable[..., A
         return func
 
     return decorator
+
+
+_DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def staged_landing_dir() -> Path:
+    """The pipeline's own landing folder for replays: ``<data root>/pipelines/landing``."""
+    return get_config().data_root / "pipelines" / "landing"
+
+
+def landing_days() -> list[dt.date]:
+    """Every batch day present in the course landing zone, sorted."""
+    landing = get_config().landing_dir
+    days = {dt.date.fromisoformat(day.name) for source in landing.iterdir() if source.is_dir()
+            for day in source.iterdir() if day.is_dir() and _DAY.match(day.name)}
+    return sorted(days)
+
+
+def stage_landing(until: dt.date | str | None = None) -> list[str]:
+    """Copy the landing zone's batch folders dated up to ``until`` (all by default) into
+    :func:`staged_landing_dir`, skipping those already there; return ``source/day`` copied.
+
+    Running the pipeline with ``configuration={"course.landing_dir": str(staged_landing_dir())}``
+    then sees only the days staged so far, so a second update can show a new day arriving.
+    """
+    config = get_config()
+    limit = dt.date.fromisoformat(str(until)) if until is not None else None
+    target = staged_landing_dir()
+    copied = []
+    for source in sorted(config.landing_dir.iterdir()):
+        if not source.is_dir() or source.name.startswith((".", "_")):
+            continue
+        for day in sorted(source.iterdir()):
+            if not (day.is_dir() and _DAY.match(day.name)):
+                continue
+            if limit is not None and dt.date.fromisoformat(day.name) > limit:
+                continue
+            destination = target / source.name / day.name
+            if destination.exists():
+                continue
+            shutil.copytree(day, destination)
+            copied.append(f"{source.name}/{day.name}")
+    return copied

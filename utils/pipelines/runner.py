@@ -17,9 +17,10 @@ from __future__ import annotations
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from utils.config import COURSE_TABLE_PROPERTIES, get_config
 from utils.expectations import RuleMetric, apply_expectations
@@ -124,11 +125,28 @@ def progress_line(index: int, total: int, result: FlowResult, timings: bool = Fa
 class Pipeline:
     """A pipeline folder (spec + sources) bound to a Spark session."""
 
-    def __init__(self, spec: PipelineSpec, spark: "SparkSession") -> None:
+    def __init__(self, spec: PipelineSpec, spark: "SparkSession",
+                 configuration: dict[str, str] | None = None) -> None:
         self.spec = spec
         self.spark = spark
+        #: Spark conf set while the sources load and the flows run (spec, then overrides)
+        self.configuration = {**spec.configuration, **(configuration or {})}
         self.registry: LocalRegistry | None = None
         self.graph: PipelineGraph | None = None
+
+    @contextmanager
+    def _conf(self) -> Iterator[None]:
+        saved = {key: self.spark.conf.get(key, None) for key in self.configuration}
+        for key, value in self.configuration.items():
+            self.spark.conf.set(key, value)
+        try:
+            yield
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
 
     # ----- names and places ----------------------------------------------------------------
     def _schema_and_table(self, key: str) -> tuple[str, str]:
@@ -183,11 +201,13 @@ class Pipeline:
     # ----- loading ---------------------------------------------------------------------------
     def load(self) -> PipelineGraph:
         """Run the source files, resolve every flow's inputs and validate the graph."""
-        self.registry = load_definitions(self.spec.source_files(), self.spark, self.spec.root)
-        self.register_tables()
-        with self._in_schema():
-            self.graph = build_graph(self.registry, self.spark, self.spec.schema,
-                                     table_exists=self._table_exists)
+        with self._conf():
+            self.registry = load_definitions(self.spec.source_files(), self.spark,
+                                             self.spec.root)
+            self.register_tables()
+            with self._in_schema():
+                self.graph = build_graph(self.registry, self.spark, self.spec.schema,
+                                         table_exists=self._table_exists)
         return self.graph
 
     def _table_exists(self, key: str) -> bool:
@@ -244,12 +264,8 @@ class Pipeline:
             log.flow(result.flow, result.dataset, "QUEUED", f"Flow '{result.flow}' is QUEUED.")
         failed_datasets: set[str] = set()
         pending_view_commits: list[tuple[Checkpoint, int, dict]] = []
-        conf_backup: dict[str, str | None] = {}
         try:
-            for key, value in self.spec.configuration.items():
-                conf_backup[key] = self.spark.conf.get(key, None)
-                self.spark.conf.set(key, value)
-            with self._in_schema():
+            with self._conf(), self._in_schema():
                 for index, result in enumerate(results, 1):
                     flow = graph.flows[result.flow]
                     blocked = [i for i in flow.inputs if i in failed_datasets]
@@ -284,11 +300,6 @@ class Pipeline:
                 for checkpoint, batch_id, payload in pending_view_commits:
                     checkpoint.write_commit(batch_id, payload)
         finally:
-            for key, value in conf_backup.items():
-                if value is None:
-                    self.spark.conf.unset(key)
-                else:
-                    self.spark.conf.set(key, value)
             log.update(run.status, f"Update {update_id} is {run.status}.",
                        error=None if run.status == "COMPLETED" else "; ".join(
                            f"{f.flow}: {f.error}" for f in results if f.status == "FAILED"))
@@ -359,9 +370,8 @@ class Pipeline:
             valid = checked.valid if checked else df
             total = checked.total_rows if checked else None
 
-            if dataset.kind == "view":
+            if dataset.kind == "view":   # not materialized: no row count, only rule metrics
                 valid.createOrReplaceTempView(flow.target.split(".")[-1])
-                result.num_output_rows = total
                 if batch is not None:
                     pending_view_commits.append((checkpoint, batch_id,
                                                  {"sources": batch.sources}))
@@ -423,13 +433,17 @@ class Pipeline:
         result.num_output_rows = outcome.upserted
 
 
-def load_pipeline(path: str | Path, spark: "SparkSession | None" = None) -> Pipeline:
-    """The pipeline in folder ``path`` (with its ``pipeline.yml``), loaded and validated."""
+def load_pipeline(path: str | Path, spark: "SparkSession | None" = None,
+                  configuration: dict[str, str] | None = None) -> Pipeline:
+    """The pipeline in folder ``path`` (with its ``pipeline.yml``), loaded and validated.
+
+    ``configuration`` adds to (or overrides) the spec's Spark conf for this pipeline.
+    """
     if spark is None:
         from utils.session import get_spark
 
         spark = get_spark()
-    pipeline = Pipeline(load_spec(path), spark)
+    pipeline = Pipeline(load_spec(path), spark, configuration)
     pipeline.load()
     return pipeline
 
@@ -437,8 +451,9 @@ def load_pipeline(path: str | Path, spark: "SparkSession | None" = None) -> Pipe
 def run_pipeline(path: str | Path, spark: "SparkSession | None" = None,
                  full_refresh: bool = False, dry_run: bool = False,
                  progress: Callable[[str], None] | None = None, timings: bool = False,
-                 raise_on_failure: bool = True, lineage: bool = True) -> PipelineRun:
+                 raise_on_failure: bool = True, lineage: bool = True,
+                 configuration: dict[str, str] | None = None) -> PipelineRun:
     """Load, validate and run (or only validate, ``dry_run``) the pipeline in ``path``."""
-    pipeline = load_pipeline(path, spark)
+    pipeline = load_pipeline(path, spark, configuration)
     return pipeline.run(full_refresh=full_refresh, dry_run=dry_run, progress=progress,
                         timings=timings, raise_on_failure=raise_on_failure, lineage=lineage)
