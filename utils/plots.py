@@ -20,6 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from utils.config import CourseConfig, get_config
 
+try:  # numpy comes with pandas and matplotlib; imported here only for figure math
+    import numpy as np
+except ImportError:  # pragma: no cover
+    np = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -184,7 +189,6 @@ def alos_by_facility(length_of_stay: "DataFrame | pd.DataFrame", save: bool = Tr
 def bed_occupancy_heatmap(occupancy: "DataFrame | pd.DataFrame", save: bool = True) -> "Figure":
     """Midnight occupancy rate per facility (rows) and day (columns)."""
     import matplotlib.dates as mdates
-    import numpy as np
 
     df = _pandas(occupancy)
     df["census_date"] = _dates(df["census_date"])
@@ -289,32 +293,38 @@ def abnormal_lab_rates(labs: "DataFrame | pd.DataFrame", save: bool = True) -> "
     return _finish(fig, "abnormal_lab_rates", "gold.abnormal_lab_rate (all months)", save)
 
 
+def prevalence_matrix(prevalence: "DataFrame | pd.DataFrame") -> "pd.DataFrame":
+    """Prevalence per chronic condition (rows, sorted) and age band (columns, in band order),
+    both sexes pooled: patients with the condition / population of the band."""
+    from utils.gold import AGE_BANDS, UNKNOWN_AGE_BAND
+
+    df = _pandas(prevalence)
+    by = df.groupby(["chronic_condition", "age_band"])[["patients_with_condition", "population"]].sum()
+    rates = (by["patients_with_condition"] / by["population"]).unstack(fill_value=0.0)
+    order = [band for _, band in AGE_BANDS] + [UNKNOWN_AGE_BAND]
+    return rates[[band for band in order if band in rates.columns]].sort_index()
+
+
 @styled
 def chronic_prevalence_by_age(prevalence: "DataFrame | pd.DataFrame",
                               save: bool = True) -> "Figure":
-    """Prevalence of each chronic condition by age band (both sexes), grouped bars."""
-    df = _pandas(prevalence)
-    by = df.groupby(["age_band", "chronic_condition"])[["patients_with_condition", "population"]].sum()
-    rates = (by["patients_with_condition"] / by["population"]).unstack(fill_value=0.0)
-    from utils.gold import AGE_BANDS, UNKNOWN_AGE_BAND
-
-    order = [band for _, band in AGE_BANDS] + [UNKNOWN_AGE_BAND]
-    rates = rates.reindex([b for b in order if b in rates.index])
-    rates = rates[sorted(rates.columns)]
-    fig, ax = _new_figure()
-    n = max(len(rates.columns), 1)
-    width = 0.8 / n
-    positions = range(len(rates))
-    for i, condition in enumerate(rates.columns):
-        ax.bar([p - 0.4 + width * (i + 0.5) for p in positions], rates[condition], width,
-               color=PALETTE[i % len(PALETTE)], label=condition.replace("_", " "))
-    ax.set_xticks(list(positions), rates.index)
-    ax.set_title("Chronic condition prevalence by age band")
+    """Prevalence of each chronic condition by age band (both sexes), as an annotated heat map."""
+    matrix = prevalence_matrix(prevalence)
+    values = matrix.to_numpy(dtype=float) * 100
+    fig, ax = _new_figure(figsize=(10.0, 1.6 + 0.45 * max(len(matrix), 1)))
+    top = float(values.max()) if values.size else 0.0
+    image = ax.imshow(values, aspect="auto", cmap="Blues", vmin=0, vmax=max(top, 1.0))
+    for (row, col), value in np.ndenumerate(values):
+        ax.text(col, row, f"{value:.1f}", ha="center", va="center", fontsize=9,
+                color="white" if value > 0.6 * max(top, 1.0) else "black")
+    ax.set_xticks(range(len(matrix.columns)), matrix.columns)
+    ax.set_yticks(range(len(matrix.index)), [c.replace("_", " ") for c in matrix.index])
+    ax.grid(False)
+    colorbar = fig.colorbar(image, ax=ax, pad=0.01)
+    colorbar.set_label("Prevalence (% of current patients in the band)")
+    ax.set_title("Chronic condition prevalence by age band (%)")
     ax.set_xlabel("Age band (years, at the reference date)")
-    ax.set_ylabel("Prevalence (% of current patients)")
-    _percent_axis(ax.yaxis)
-    ax.grid(axis="x", visible=False)
-    ax.legend(title="Condition", loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_ylabel("Chronic condition")
     return _finish(fig, "chronic_prevalence_by_age", "gold.chronic_condition_prevalence", save)
 
 
