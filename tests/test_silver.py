@@ -128,7 +128,7 @@ def test_deduplicate_keeps_first_arrival_and_types_duplicates(spark):
     assert sorted(tuple(r) for r in removed.collect()) == [
         ("P1", 2, 2, dt.date(2025, 1, 9), "exact"), ("P1", 3, 2, dt.date(2025, 1, 9), "near")]
     log = S.dedup_log_frame(result.removed, "payers", ["payer_id"])
-    assert log.columns == [f.split()[0] for f in S.DEDUP_LOG_SCHEMA.split(", ")]
+    assert log.columns == [f.split()[0] for f in S.dedup_log_schema().split(", ")]
 
 
 # ----- references and rules ---------------------------------------------------------------------
@@ -278,6 +278,14 @@ def test_conform_to_schema_refuses_a_lossy_cast(spark):
         S.conform_to_schema(df, [("a", "int"), ("b", "int")], "t")
     ok = S.conform_to_schema(df.filter("a = '2'"), [("a", "int"), ("b", "int")], "t")
     assert_df_equality(ok, spark.createDataFrame([(2, 12)], "a int, b int"))
+
+
+def test_contract_documents_the_metrics_and_dedup_tables_as_written():
+    from utils.expectations import METRICS_SCHEMA
+
+    documented = ", ".join(f"{c} {t}" for c, t in S.silver_schema("dq_metrics", lineage=False))
+    assert documented.lower() == METRICS_SCHEMA.lower()
+    assert S.dedup_log_schema().startswith("entity string, key string, duplicate_type string")
 
 
 def test_every_rule_has_a_unique_name_and_valid_action():

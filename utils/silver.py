@@ -84,12 +84,6 @@ LINEAGE_SCHEMA: tuple[tuple[str, str], ...] = (
     ("_ingest_run_id", "string"), ("_rescued_data", "string"),
 )
 
-DEDUP_LOG_SCHEMA = (
-    "entity STRING, key STRING, duplicate_type STRING, _source_file STRING, _line_number INT, "
-    "_batch_date DATE, kept_source_file STRING, kept_line_number INT, kept_batch_date DATE, "
-    "value STRING"
-)
-
 RECONCILIATION_SCHEMA = (
     "entity STRING, batch_date DATE, bronze_rows BIGINT, silver_rows BIGINT, "
     "quarantined_rows BIGINT, duplicate_rows BIGINT, balanced BOOLEAN"
@@ -161,6 +155,11 @@ def silver_schema(table: str, lineage: bool = True) -> list[tuple[str, str]]:
 def silver_schema_ddl(table: str, lineage: bool = True) -> str:
     """``col type, ...`` of a silver table including lineage (for explicit-schema creates)."""
     return ", ".join(f"{name} {type_}" for name, type_ in silver_schema(table, lineage))
+
+
+def dedup_log_schema() -> str:
+    """DDL of ``silver.dedup_log`` (from the contract)."""
+    return silver_schema_ddl("dedup_log", lineage=False)
 
 
 # ================================================================================================
@@ -725,18 +724,22 @@ def known_keys(parsed: "DataFrame", column: str) -> "DataFrame":
     return parsed.select(F.col(column).alias("key")).filter(F.col("key").isNotNull()).distinct()
 
 
-def load_references(spark: "SparkSession") -> dict[str, "DataFrame"]:
+def load_references(spark: "SparkSession",
+                    read_bronze: Callable[[str], "DataFrame"] | None = None
+                    ) -> dict[str, "DataFrame"]:
     """Code tables and the keys known in bronze, for :func:`with_references`.
 
     Keys: ``icd10cm``, ``loinc``, ``rxnorm``, ``cpt`` (code tables) and ``patients``,
     ``encounters``, ``providers``, ``facilities``, ``payers`` (one column ``key``).
+    ``read_bronze(entity)`` reads a bronze table (default ``spark.table("bronze.<entity>")``;
+    a pipeline passes its own reader).
     """
+    read = read_bronze or (lambda entity: spark.table(f"bronze.{entity}"))
     refs = {name: code_table(spark, name) for name in ("icd10cm", "loinc", "rxnorm", "cpt")}
-    refs["patients"] = known_patient_keys(spark.table("bronze.patients"))
+    refs["patients"] = known_patient_keys(read("patients"))
     for entity, column in (("encounters", "encounter_id"), ("providers", "npi"),
                            ("facilities", "facility_id"), ("payers", "payer_id")):
-        parsed = parse_entity(entity, spark.table(f"bronze.{entity}"))
-        refs[entity] = known_keys(parsed, column)
+        refs[entity] = known_keys(parse_entity(entity, read(entity)), column)
     return refs
 
 
@@ -1272,7 +1275,7 @@ def build_silver(spark: "SparkSession", entities: Iterable[str] | None = None,
             counts["silver"] = write_checked(result.silver, entity, silver_schema(entity))
             counts["quarantined"] = write_checked(result.quarantined, f"quarantine_{entity}",
                                                   _quarantine_types(bronze_df))
-            counts["duplicates"] = _replace_rows(spark, "dedup_log", DEDUP_LOG_SCHEMA,
+            counts["duplicates"] = _replace_rows(spark, "dedup_log", dedup_log_schema(),
                                                  result.duplicates, f"entity = '{entity}'")
             if entity == "encounters":
                 write_checked(diagnoses_of(result.valid, refs["icd10cm"]), "diagnoses",
