@@ -347,3 +347,114 @@ def test_event_log_has_one_row_per_flow_event_with_metrics(spark, data_dir, tmp_
     assert [r[0] for r in log.filter("event_type != 'flow_progress'").orderBy("sequence")
             .select("status").collect()] == ["CREATED", "COMPLETED"]
     assert run.lineage_path.is_file() and run.lineage_path.suffix == ".png"
+
+
+def test_flow_that_queries_its_input_while_defining_runs_after_it(spark, data_dir, tmp_path):
+    """A function needing its input's data (an action) is analyzed again once the input exists."""
+    land(data_dir, "2025-01-01", ["o1,10", "o2,3", "o3,10"])
+    folder = make_pipeline(tmp_path, """
+        @dp.materialized_view
+        def largest():
+            orders = spark.read.table("orders")
+            top = orders.agg(F.max("amount")).first()[0]      # runs a query
+            return orders.filter(F.col("amount") == F.lit(top)).select("id")
+
+        @dp.table
+        def orders():
+            return raw_orders()
+    """, name="deferred")
+    pipeline = load_pipeline(folder, spark)
+    assert pipeline.graph.order == ["orders", "largest"]
+    assert pipeline.graph.flows["largest"].deferred
+    pipeline.run(lineage=False)
+    assert rows(spark, "deferred.largest") == [("o1",), ("o3",)]
+
+
+# ----- the course pipeline's building blocks ------------------------------------------------------
+def test_bronze_lines_match_the_imperative_bronze_reader(spark, tmp_path):
+    from utils.bronze import read_landing_file
+    from utils.pipelines.medallion import bronze_lines
+
+    day = tmp_path / "landing" / "ehr_encounters" / "2025-01-03"
+    day.mkdir(parents=True)
+    data = b"\xef\xbb\xbfa,b\r\n1,x\r\n\r\n2,y\n3,z"        # BOM, CRLF, empty line, no final \n
+    (day / "enc.csv").write_bytes(data)
+    files = spark.createDataFrame(
+        [(data.decode("utf-8"), (str(day / "enc.csv"),))],
+        "value STRING, _metadata STRUCT<file_path: STRING>")
+    got = [tuple(r) for r in bronze_lines(files, "ehr_encounters", "csv")
+           .select("value", "_header", "_source_file", "_line_number", "_batch_date")
+           .orderBy("_line_number").collect()]
+    lines = read_landing_file(day / "enc.csv", "csv")
+    import datetime as dt
+
+    assert got == [(v, lines.header, "ehr_encounters/2025-01-03/enc.csv", n, dt.date(2025, 1, 3))
+                   for v, n in zip(lines.values, lines.line_numbers)]
+    assert [g[0] for g in got] == ["1,x", "", "2,y", "3,z"]
+
+
+def test_scd2_to_contract_marks_current_and_deleted_versions(spark):
+    import datetime as dt
+
+    from utils.cdc import patients_ddl
+    from utils.pipelines.medallion import scd2_to_contract
+
+    columns = [p.split()[0] for p in patients_ddl().split(", ")]
+    attrs = [c for c in columns if c not in ("patient_key", "valid_from", "valid_to",
+                                             "is_current", "is_deleted")]
+    t = [dt.datetime(2025, 1, d) for d in range(1, 5)]
+    seq = "STRUCT<change_ts: TIMESTAMP, change_id: STRING>"
+    ddl = ", ".join([f"patient_key STRING", *[f"{a} STRING" for a in attrs],
+                     f"__START_AT {seq}", f"__END_AT {seq}"])
+    none = [None] * len(attrs)
+    scd2 = spark.createDataFrame([
+        ("p1", *none, (t[0], "c1"), (t[1], "c2")),   # updated at t1
+        ("p1", *none, (t[1], "c2"), (t[2], "c3")),   # deleted at t2 (nothing starts at c3)
+        ("p1", *none, (t[3], "c4"), None),           # re-inserted, current
+        ("p2", *none, (t[0], "c5"), (t[0], "c6")),   # same-instant update: zero length, dropped
+        ("p2", *none, (t[0], "c6"), None),
+    ], ddl)
+    out = scd2_to_contract(scd2)
+    assert out.columns == columns
+    got = [tuple(r) for r in out.select("patient_key", "valid_from", "valid_to", "is_current",
+                                        "is_deleted").orderBy("patient_key", "valid_from").collect()]
+    assert got == [("p1", t[0], t[1], False, False), ("p1", t[1], t[2], False, True),
+                   ("p1", t[3], None, True, False), ("p2", t[0], None, True, False)]
+
+
+# ----- declarative == imperative --------------------------------------------------------------------
+def test_course_pipeline_gold_equals_the_imperative_gold(spark, data_dir):
+    """Notebooks 02-05's functions and the declarative pipeline give the same gold tables."""
+    from data_generator import generate
+    from utils.bronze import ingest_landing
+    from utils.cdc import build_patients
+    from utils.gold import build_gold, gold_tables
+    from utils.pipelines.medallion import stage_landing, staged_landing_dir
+    from utils.silver import build_silver
+
+    generate(data_dir / "landing", patients=120, days=12, seed=7)
+    ingest_landing(spark)
+    build_silver(spark)
+    build_patients(spark)
+    build_gold(spark)
+
+    course_pipeline = Path(__file__).resolve().parent.parent / "notebooks" / "pipeline"
+    configuration = {"course.landing_dir": str(staged_landing_dir())}
+    stage_landing(until="2025-01-10")
+    run_pipeline(course_pipeline, spark, configuration=configuration, lineage=False)
+    assert stage_landing() == [f"{s}/2025-01-{d}" for s in ("ehr_encounters", "ehr_patients",
+                                                             "fhir_medications",
+                                                             "fhir_observations",
+                                                             "payer_claims") for d in (11, 12)]
+    second = run_pipeline(course_pipeline, spark, configuration=configuration, lineage=False)
+    bronze = {f.dataset: f.num_output_rows for f in second.flows if f.dataset.startswith("bronze")}
+    assert bronze["bronze_facilities"] == 0 and bronze["bronze_encounters"] > 0  # only new days
+
+    for name in gold_tables():
+        imperative = spark.table(f"gold.{name}")
+        declarative = spark.table(f"medallion_pipeline.gold_{name}")
+        assert declarative.columns == imperative.columns, name
+        assert declarative.count() == imperative.count(), name
+        assert declarative.exceptAll(imperative).count() == 0, name
+        assert imperative.exceptAll(declarative).count() == 0, name
+    assert spark.table("gold.patient_summary").count() > 0

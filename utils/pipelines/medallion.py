@@ -142,7 +142,8 @@ def scd2_to_contract(scd2: "DataFrame") -> "DataFrame":
     versions = scd2.select(
         "*",
         F.col("__START_AT.change_ts").alias("valid_from"),
-        F.col("__END_AT.change_ts").alias("valid_to"),
+        # guarded: Sail can return a zero value (1970-01-01) for a field of a NULL struct
+        F.when(closed, F.col("__END_AT.change_ts")).alias("valid_to"),
         (~closed).alias("is_current"),
         (closed & ~F.coalesce(continued, F.lit(False))).alias("is_deleted"),
     )
