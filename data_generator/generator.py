@@ -141,11 +141,13 @@ class Frame:
         self.defect = np.full(n, "", dtype=object)
         self.column = np.full(n, "", dtype=object)
         self.extra = extra or {}
+        self.pending: dict[str, tuple[list[int], list[str | None]]] = {}
 
     def __len__(self) -> int:
         return len(self.batch)
 
     def take(self, rows: np.ndarray) -> "Frame":
+        self.flush()
         idx = pa.array(np.asarray(rows, dtype=np.int64))
         out = Frame({k: pc.take(v, idx) for k, v in self.cols.items()}, self.batch[rows],
                     self.ts[rows], pc.take(self.key, idx),
@@ -154,6 +156,8 @@ class Frame:
         return out
 
     def append(self, other: "Frame") -> "Frame":
+        self.flush()
+        other.flush()
         out = Frame({k: pa.concat_arrays([v, other.cols[k]]) for k, v in self.cols.items()},
                     np.r_[self.batch, other.batch], np.r_[self.ts, other.ts],
                     pa.concat_arrays([self.key, other.key]),
@@ -164,15 +168,22 @@ class Frame:
         return out
 
     def set(self, column: str, rows: np.ndarray, values: list[str | None]) -> None:
-        self.cols[column] = fmt.replace_rows(self.cols[column], rows, values)
+        """Queue an edit (applied by ``flush``: one gather per column, not one per edit)."""
+        pending = self.pending.setdefault(column, ([], []))
+        pending[0].extend(int(r) for r in rows)
+        pending[1].extend(values)
+
+    def flush(self) -> "Frame":
+        for column, (rows, values) in self.pending.items():
+            self.cols[column] = fmt.replace_rows(self.cols[column], np.array(rows, np.int64),
+                                                 values)
+        self.pending = {}
+        return self
 
     def get(self, column: str, rows: np.ndarray) -> list[str | None]:
+        """Values as delivered before queued edits (each record gets one defect, so the rows
+        read are never rows already edited)."""
         return fmt.row_values(self.cols[column], rows)
-
-
-def _q(values: pa.Array) -> pa.Array:
-    """A JSON string literal (quoted, escaped)."""
-    return pc.binary_join_element_wise('"', fmt.json_string_escape(values), '"', "")
 
 
 def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
@@ -258,29 +269,31 @@ def build_frames(world: M.World) -> dict[str, Frame]:
                                      {"drg": drg.to_numpy(zero_copy_only=False)})
 
     # --- lab results (FHIR Observation) -----------------------------------------------------
+    # NDJSON fragments are JSON literals (quoted strings, numbers, or null for a planted
+    # null_required), so a line is one concatenation of template text and fragments.
     L = world.labs
     loinc = load_code_table("loinc").set_index("code")
     lab_codes = [t[0] for t in M.LABS]
     decimals = np.array([t[1] for t in M.LABS])
     units = loinc.loc[lab_codes, "unit"].tolist()
     k = len(L["enc"])
-    obs_ids = fmt.prefixed_ids("obs-", np.arange(1, k + 1), max(6, len(str(k))))
+    width = max(6, len(str(k)))
+    obs_ids = fmt.prefixed_ids("obs-", np.arange(1, k + 1), width)
     value_text = _fixed_by_decimals(L["value"], decimals[L["test"]])
     low = loinc.loc[lab_codes, "ref_low"].to_numpy()
     high = loinc.loc[lab_codes, "ref_high"].to_numpy()
-    range_dec = np.maximum(decimals, 0)
-    low_txt = [_num(x, d) for x, d in zip(low, range_dec)]
-    high_txt = [_num(x, d) for x, d in zip(high, [2 if c == "10839-9" else d for c, d in
-                                                  zip(lab_codes, range_dec)])]
+    low_txt = [_num(x, 2) for x in low]
+    high_txt = [_num(x, 2) for x in high]
+    enc_pat = E["pat"]
     cols = {
-        "id": _q(obs_ids),
-        "subject": _q(pc.take(mrn_of_enc, pa.array(L["enc"]))),
-        "encounter": _q(pc.take(enc_ids, pa.array(L["enc"]))),
-        "code": _q(fmt.pick(lab_codes, L["test"])),
-        "display": _q(fmt.pick(loinc.loc[lab_codes, "name"].tolist(), L["test"])),
-        "effective": _q(fmt.timestamps(L["ts"], "Z")),
+        "id": fmt.prefixed_ids('"obs-', np.arange(1, k + 1), width, '"'),
+        "subject": fmt.prefixed_ids('"Patient/MRN', enc_pat[L["enc"]] + 1, 7, '"'),
+        "encounter": fmt.prefixed_ids('"Encounter/ENC', L["enc"] + 1, 9, '"'),
+        "code": fmt.pick(lab_codes, L["test"], json=True),
+        "display": fmt.pick(loinc.loc[lab_codes, "name"].tolist(), L["test"], json=True),
+        "effective": fmt.timestamps(L["ts"], 'Z"', '"'),
         "value": value_text,
-        "unit": _q(fmt.pick(units, L["test"])),
+        "unit": fmt.pick(units, L["test"], json=True),
         "low": fmt.pick(low_txt, L["test"]),
         "high": fmt.pick(high_txt, L["test"]),
     }
@@ -291,23 +304,24 @@ def build_frames(world: M.World) -> dict[str, Frame]:
     R = world.meds
     rx = load_code_table("rxnorm")
     k = len(R["enc"])
-    med_ids = fmt.prefixed_ids("medrx-", np.arange(1, k + 1), max(6, len(str(k))))
+    width = max(6, len(str(k)))
+    med_ids = fmt.prefixed_ids("medrx-", np.arange(1, k + 1), width)
     dose = [_num(x, 3) for x in rx["dose_value"]]
     dose_text = [f"{d} {u} {f}" for d, u, f in zip(dose, rx["dose_unit"], rx["frequency"])]
     start_day = R["ts"] // M.DAY
     cols = {
-        "id": _q(med_ids),
-        "status": _q(fmt.pick(["active", "completed", "stopped"], R["status"])),
-        "subject": _q(pc.take(mrn_of_enc, pa.array(R["enc"]))),
-        "encounter": _q(pc.take(enc_ids, pa.array(R["enc"]))),
-        "code": _q(fmt.pick(rx["code"].tolist(), R["drug"])),
-        "display": _q(fmt.pick(rx["name"].tolist(), R["drug"])),
-        "authored": _q(fmt.timestamps(R["ts"], "Z")),
-        "dose_text": _q(fmt.pick(dose_text, R["drug"])),
+        "id": fmt.prefixed_ids('"medrx-', np.arange(1, k + 1), width, '"'),
+        "status": fmt.pick(["active", "completed", "stopped"], R["status"], json=True),
+        "subject": fmt.prefixed_ids('"Patient/MRN', enc_pat[R["enc"]] + 1, 7, '"'),
+        "encounter": fmt.prefixed_ids('"Encounter/ENC', R["enc"] + 1, 9, '"'),
+        "code": fmt.pick(rx["code"].tolist(), R["drug"], json=True),
+        "display": fmt.pick(rx["name"].tolist(), R["drug"], json=True),
+        "authored": fmt.timestamps(R["ts"], 'Z"', '"'),
+        "dose_text": fmt.pick(dose_text, R["drug"], json=True),
         "dose": fmt.pick(dose, R["drug"]),
-        "dose_unit": _q(fmt.pick(rx["dose_unit"].tolist(), R["drug"])),
-        "start": _q(fmt.dates(start_day)),
-        "end": _q(fmt.dates(start_day + R["days"])),
+        "dose_unit": fmt.pick(rx["dose_unit"].tolist(), R["drug"], json=True),
+        "start": fmt.dates(start_day, '"'),
+        "end": fmt.dates(start_day + R["days"], '"'),
     }
     frames["fhir_medications"] = Frame(cols, R["ts"] // M.DAY - d0, R["ts"], med_ids)
 
@@ -504,8 +518,8 @@ class DefectPlanter:
             copies.append(dup)
         for dup in copies:
             f = f.append(dup)
-        self.f = f
-        return f
+        self.f = f.flush()
+        return self.f
 
     # ---- one method per defect type: edit the text of the chosen rows -------------------------
     def _ts_column(self, column: str) -> bool:
@@ -588,7 +602,7 @@ class DefectPlanter:
                 numbers = self.rng.integers(900_000_000, 1_000_000_000, n)
                 values = [f"ENC{x:09d}" for x in numbers]
                 if self.source.startswith("fhir"):
-                    values = ['"' + x + '"' for x in values]
+                    values = ['"Encounter/' + x + '"' for x in values]
             self._set(c, r, values)
         self._for_each_column(rows, columns, edit)
 
@@ -639,21 +653,10 @@ MEDICATION_TEMPLATE = [
 TEMPLATES = {"fhir_observations": OBSERVATION_TEMPLATE, "fhir_medications": MEDICATION_TEMPLATE}
 
 
-def _references_prefix(frame: Frame) -> None:
-    """FHIR references are ``Patient/<mrn>`` and ``Encounter/<id>`` (JSON null stays null)."""
-    for column, prefix in (("subject", "Patient/"), ("encounter", "Encounter/")):
-        values = frame.cols[column]
-        is_null = pc.equal(values, "null")
-        prefixed = pc.binary_join_element_wise('"' + prefix, pc.utf8_slice_codeunits(values, 1),
-                                               "")
-        frame.cols[column] = pc.if_else(is_null, values, prefixed)
-
-
 # ----------------------------------------------------------------------------------------------
 def compose_lines(source: str, frame: Frame, columns: list[str]) -> pa.Array:
     """One text line per record, each ending with a newline."""
     if source in TEMPLATES:
-        _references_prefix(frame)
         parts = [frame.cols[p] if p in frame.cols else p for p in TEMPLATES[source]]
     else:
         parts = []
@@ -884,11 +887,23 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         "files": files,
         "defects": defects,
     }
-    (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    (out / MANIFEST_NAME).write_text(_manifest_text(manifest), encoding="utf-8")
     bar.close()
     return GenerationSummary(out_dir=out, rows=rows_per_entity, files=len(files),
                              defects=len(defects), defect_counts=defect_counts,
                              seconds=time.perf_counter() - started)
+
+
+def _manifest_text(manifest: dict) -> str:
+    """Readable JSON with one line per file and per defect (and fast: C encoder per entry)."""
+    parts = []
+    for key, value in manifest.items():
+        if key in ("files", "defects"):
+            body = ",\n  ".join(json.dumps(item) for item in value)
+            parts.append(f'"{key}": [\n  {body}\n ]' if value else f'"{key}": []')
+        else:
+            parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
+    return "{\n " + ",\n ".join(parts) + "\n}\n"
 
 
 class _NoBar:

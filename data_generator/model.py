@@ -289,7 +289,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
 
     # --- patients ---------------------------------------------------------------------------
     n = patients
-    sex = _categorical(rng, np.tile([0.51, 0.487, 0.003], (n, 1)))          # F, M, U
+    sex = rng.choice(3, size=n, p=[0.51, 0.487, 0.003])                      # F, M, U
     band = rng.choice(5, size=n, p=[0.14, 0.27, 0.29, 0.24, 0.06])
     lo = np.array([0, 18, 45, 65, 85])[band]
     hi = np.array([18, 45, 65, 85, 101])[band]
@@ -342,8 +342,13 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         URG: np.r_[np.zeros(8), np.full(12, 3.0), np.zeros(4)],
     }
     clinic_hours = np.r_[np.zeros(8), np.full(9, 3.0), np.zeros(7)]
-    probs = np.stack([hour_p.get(c, clinic_hours) for c in range(6)])[enc_cls]
-    hour = _categorical(rng, probs)
+    hour = np.zeros(m, dtype=np.int64)
+    u_hour = rng.random(m)
+    for c in range(6):
+        p = hour_p.get(c, clinic_hours)
+        sel = enc_cls == c
+        hour[sel] = np.searchsorted(np.cumsum(p / p.sum()), u_hour[sel], side="right")
+    hour = np.minimum(hour, 23)
     admit_ts = admit_day * DAY + hour * HOUR + rng.integers(0, 60, m) * MINUTE
     log_median_h = np.log(np.array([4.1 * 24, 4.5, 2.5, 0.5, 0.75, 1.2]))[enc_cls]
     sigma = np.array([0.75, 0.5, 0.4, 0.3, 0.25, 0.4])[enc_cls]
@@ -469,14 +474,13 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     prov = fac_prov_start[fac] + (rng.random(m) * fac_prov_count[fac]).astype(int)
 
     adm_type = np.select([cls == INP, cls == EMER, cls == URG], [
-        _categorical(rng, np.tile([0.62, 0.14, 0.24], (m, 1))), np.zeros(m, int),
+        rng.choice(3, size=m, p=[0.62, 0.14, 0.24]), np.zeros(m, int),
         np.ones(m, int)], 2)
-    src_inp = np.tile([0.0, 0.45, 0.25, 0.15, 0.10, 0.05], (m, 1))
     adm_src = np.select(
         [(cls == INP) & (adm_type == 0), cls == INP, cls == EMER, cls == URG],
-        [np.where(rng.random(m) < 0.9, 0, 3), _categorical(rng, src_inp),
+        [np.where(rng.random(m) < 0.9, 0, 3), rng.choice(6, size=m, p=[0.0, 0.45, 0.25, 0.15, 0.10, 0.05]),
          np.where(rng.random(m) < 0.85, 5, 1), np.full(m, 5)],
-        _categorical(rng, np.tile([0, 0.55, 0.25, 0, 0, 0.2], (m, 1))))
+        rng.choice(6, size=m, p=[0, 0.55, 0.25, 0, 0, 0.2]))
 
     # diagnoses: chronic patients are seen for their conditions
     pick_cond = rng.random((m, len(CONDITIONS))) * cond[pat]
@@ -660,8 +664,8 @@ def _meds(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
     chronic_drug = ~np.isin(indication[drug], ["acute", "inpatient"])
     duration = np.where(chronic_drug, 90, np.where(indication[drug] == "inpatient",
                                                    rng.integers(1, 8, k), rng.integers(5, 15, k)))
-    status = np.where(indication[drug] == "inpatient", 1, _categorical(
-        rng, np.tile([0.85, 0.1, 0.05], (k, 1))) if k else np.zeros(0, int))
+    status = np.where(indication[drug] == "inpatient", 1,
+                      rng.choice(3, size=k, p=[0.85, 0.1, 0.05]))
     order = np.lexsort((drug, e, ts))
     return {"enc": e[order], "drug": drug[order], "ts": ts[order], "days": duration[order],
             "status": status[order]}
@@ -675,8 +679,7 @@ def _claims(rng: np.random.Generator, enc: dict, t_end: int) -> dict:
     cls, payer = enc["cls"], enc["payer"]
     payer_type = np.array([p[2] for p in PAYERS])[payer]
     billed = np.flatnonzero(payer_type != 3)
-    status = _categorical(rng, np.tile([0.86, 0.08, 0.06], (len(billed), 1))) if len(billed) \
-        else np.zeros(0, int)
+    status = rng.choice(3, size=len(billed), p=[0.86, 0.08, 0.06])
     lag = np.where(status == 2, rng.integers(2, 10, len(billed)),
                    np.clip(np.round(rng.lognormal(np.log(10), 0.5, len(billed))), 3, 45))
     adjudicated = enc["disch"][billed] // DAY + lag.astype(np.int64)
