@@ -124,6 +124,22 @@ def test_figure_is_titled_labeled_with_units_and_saved(name, data_dir, drawn):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_style_is_restored_but_interactive_mode_is_left_alone(drawn):
+    @plots.styled
+    def draw():
+        plt.ion()  # what Jupyter's inline backend does when the first figure is created
+        return plt.figure()
+
+    title_weight = matplotlib.rcParams["axes.titleweight"]
+    plt.ioff()
+    try:
+        drawn.append(draw())
+        assert matplotlib.is_interactive(), "figures would stop showing in notebooks"
+    finally:
+        plt.ioff()
+    assert matplotlib.rcParams["axes.titleweight"] == title_weight
+
+
 def test_save_false_writes_nothing(data_dir, drawn):
     drawn.append(plots.ed_visits_per_1000(ed(), save=False))
     assert not (data_dir / "reports").exists()

@@ -92,10 +92,18 @@ def styled(draw: Callable[..., "Figure"]) -> Callable[..., "Figure"]:
 
     @functools.wraps(draw)
     def wrapper(*args: Any, **kwargs: Any) -> "Figure":
-        import matplotlib.pyplot as plt
+        import matplotlib as mpl
 
-        with plt.rc_context(_style()):
+        # Set and restore only the style's own keys: plt.rc_context would also restore
+        # `interactive`, which Jupyter's inline backend switches on when the first figure is
+        # created, and figures would then stop showing in the notebook.
+        style = _style()
+        saved = {key: mpl.rcParams[key] for key in style}
+        mpl.rcParams.update(style)
+        try:
             return draw(*args, **kwargs)
+        finally:
+            mpl.rcParams.update(saved)
 
     return wrapper
 
