@@ -397,6 +397,18 @@ def test_every_gold_table_has_a_definition_and_a_function():
         assert table.definition in " ".join(table.describe().split())
 
 
+def test_notebook_05_shows_every_definition_as_written_in_the_contract():
+    import nbformat
+
+    path = gold.REPO_ROOT / "notebooks" / "05_gold_kpis.ipynb"
+    markdown = " ".join(" ".join(cell.source.split()) for cell in nbformat.read(path, as_version=4).cells
+                        if cell.cell_type == "markdown")
+    for table in gold.gold_tables().values():
+        assert table.definition in markdown, (
+            f"notebook 05 has an outdated definition of {table.table_name}: rebuild its markdown "
+            "from the contract")
+
+
 def test_conform_rejects_missing_columns(spark):
     with pytest.raises(ValueError, match=r"gold.ed_utilization is missing column\(s\) \['days_covered'"):
         gold.conform(spark.createDataFrame([("2025-01-01",)], "month string"), "ed_utilization")

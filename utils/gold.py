@@ -518,7 +518,10 @@ def render_data_dictionary() -> str:
            ("Typed, cleansed, deduplicated and validated data. The join key everywhere is "
            "`patient_key = sha2(salt || mrn, 256)`; direct identifiers exist only in "
            "`silver.patients_restricted`. Every silver table also carries the lineage columns "
-           "`_source_file`, `_line_number`, `_batch_date`, `_ingest_run_id`."), ""]
+           "`_source_file`, `_line_number`, `_batch_date`, `_ingest_run_id`, and the entity "
+           "tables `_rescued_data` (source columns outside the contract, as JSON). Rejected "
+           "lines go to `silver.quarantine_<entity>` (the bronze columns plus `_failed_rules`), "
+           "removed duplicates to `silver.dedup_log`."), ""]
     for name, spec in contract["silver"].items():
         out += [f"### silver.{name}", ""]
         if spec.get("description"):
