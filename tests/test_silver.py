@@ -66,7 +66,7 @@ def test_csv_fields_follow_rfc4180_quotes(spark):
 
 
 def test_parse_csv_maps_columns_by_header_and_rescues_drift(spark):
-    df = bronze(spark, ["P2, Payer Two ,commercial,extra-value", "P3,Payer,"],
+    df = bronze(spark, ["P2, Payer Two ,commercial,extra-value", "P3,Payer,", "P4,Four,medicare,"],
                 header="payer_id,payer_name,payer_type,drift_col")
     df = df.unionByName(bronze(spark, ["medicare,P1,Payer One", "P9"],
                                header="payer_type,payer_id,payer_name", first_line=2))
@@ -76,6 +76,7 @@ def test_parse_csv_maps_columns_by_header_and_rescues_drift(spark):
         ("P1", "Payer One", "medicare", None, True),
         ("P2", "Payer Two", "commercial", '{"drift_col":"extra-value"}', True),
         ("P3", "Payer", None, None, False),          # one field short of its header
+        ("P4", "Four", "medicare", '{"drift_col":null}', True),   # drifted file, empty value
         (None, None, "P9", None, False),             # truncated: only the first field
     ]
 
@@ -154,7 +155,7 @@ def test_encounter_rules_name_every_failure(spark, refs):
         5: ["primary_dx_known", "secondary_dx_known"],
         6: ["patient_exists", "provider_exists"],
         7: ["admit_ts_parses", "encounter_class_accepted"],
-        8: ["admit_ts_not_null", "complete_record"],
+        8: ["admit_ts_not_null", "complete_record", "encounter_class_not_null"],
         9: ["patient_key_not_null"],
     }
     assert [r["encounter_id"] for r in result.silver.collect()] == ["ENC1"]
@@ -303,7 +304,25 @@ def write_bronze(spark, entity, df):
     write_table(df, "bronze", entity, mode="overwrite")
 
 
-def test_build_silver_reconciles_and_reruns_identically(spark, data_dir):
+@pytest.fixture
+def fresh_spark(spark):
+    """A new session (empty catalog), so ``bronze.*``/``silver.*`` resolve to this test's
+    data_dir and never to tables another test registered in the shared session."""
+    from pyspark.sql import SparkSession
+
+    from utils.session import sail_url
+
+    if sail_url() is None:
+        yield spark
+        return
+    fresh = SparkSession.builder.remote(sail_url()).create()
+    fresh.conf.set("spark.sql.session.timeZone", "UTC")
+    yield fresh
+    fresh.stop()
+
+
+def test_build_silver_reconciles_and_reruns_identically(fresh_spark, data_dir):
+    spark = fresh_spark
     header = csv_header
     tables = {
         "facilities": bronze(spark, ["FAC1,General,acute_care_hospital,Boston,MA,250"],

@@ -325,7 +325,8 @@ def _csv_record_udf(columns: tuple[str, ...]):
             by_name = {n: fields[i] for i, n in enumerate(names) if i < len(fields)}
             for c in columns:
                 out[c].append(by_name.get(c))
-            extras = {n: v for n, v in by_name.items() if n not in wanted and v.strip() != ""}
+            extras = {n: (v if v.strip() else None) for n, v in by_name.items()
+                      if n not in wanted}
             out["_rescued_data"].append(json.dumps(extras, sort_keys=True, separators=(",", ":"))
                                           if extras else None)
             out["_record_complete"].append(value is not None and len(fields) == len(names))
@@ -338,7 +339,8 @@ def parse_csv(bronze_df: "DataFrame", columns: Iterable[str]) -> "DataFrame":
     """Map each CSV line's fields to ``columns`` **by the file's header** (``_header``).
 
     Adds ``_raw`` (struct of the contract columns as trimmed strings, blank = NULL),
-    ``_rescued_data`` (JSON of non-empty header columns outside the contract, NULL when none),
+    ``_rescued_data`` (JSON of the header's columns outside the contract, an empty field as
+    ``null``; NULL when the header has none: a drifted file is visible on every row),
     ``_record_complete`` (exactly as many fields as the header) and ``_valid_encoding``.
     """
     from pyspark.sql import functions as F
@@ -902,6 +904,8 @@ def encounters_expectations() -> list[Expectation]:
     return _structural() + [
         Expectation("encounter_id_not_null", "encounter_id IS NOT NULL", "drop"),
         Expectation("patient_key_not_null", "patient_key IS NOT NULL", "drop"),
+        Expectation("facility_id_not_null", "facility_id IS NOT NULL", "drop"),
+        Expectation("encounter_class_not_null", "encounter_class IS NOT NULL", "drop"),
         Expectation("admit_ts_not_null", "_raw.admit_ts IS NOT NULL", "drop"),
         Expectation("admit_ts_parses", is_unparseable("admit_ts", "admit_ts"), "drop"),
         Expectation("discharge_ts_parses", is_unparseable("discharge_ts", "discharge_ts"), "drop"),
@@ -975,6 +979,9 @@ def claims_expectations() -> list[Expectation]:
         Expectation("line_number_not_null", "_raw.line_number IS NOT NULL", "drop"),
         Expectation("line_number_parses", is_unparseable("line_number", "line_number"), "drop"),
         Expectation("patient_key_not_null", "patient_key IS NOT NULL", "drop"),
+        Expectation("encounter_id_not_null", "encounter_id IS NOT NULL", "drop"),
+        Expectation("cpt_code_not_null", "cpt_code IS NOT NULL", "drop"),
+        Expectation("billed_amount_not_null", "_raw.billed_amount IS NOT NULL", "drop"),
         Expectation("service_date_not_null", "_raw.service_date IS NOT NULL", "drop"),
         Expectation("service_date_parses", is_unparseable("service_date", "service_date"), "drop"),
         Expectation("adjudication_date_parses",
@@ -986,6 +993,7 @@ def claims_expectations() -> list[Expectation]:
                     "drop"),
         Expectation("paid_amount_parses", is_unparseable("paid_amount", "paid_amount"), "drop"),
         Expectation("service_date_not_future", _not_future("service_date"), "drop"),
+        Expectation("adjudication_date_not_future", _not_future("adjudication_date"), "drop"),
         Expectation("claim_status_accepted", _accepted_sql("claim_status"), "drop"),
         Expectation("cpt_code_known", "cpt_code IS NULL OR _known_cpt", "drop"),
         Expectation("patient_exists", "patient_key IS NULL OR _known_patient", "drop"),
