@@ -149,6 +149,18 @@ def test_scd2_history_ties_and_orphan_delete(spark):
     assert got == [("k1", "Salem", ts(1), None, True, False)]
 
 
+def test_late_changes_flags_the_out_of_order_ones(spark):
+    from utils.cdc import late_changes
+
+    rows = [change("c1", "INSERT", ts(1), "k1"),
+            change("c3", "UPDATE", ts(3), "k1", batch=dt.date(2025, 1, 3)),
+            change("c2", "UPDATE", ts(2), "k1", batch=dt.date(2025, 1, 4)),    # older than c3
+            change("c4", "UPDATE", ts(2, 5), "k2", batch=dt.date(2025, 1, 4))]  # late, no newer
+    got = [(r.change_id, r.out_of_order) for r in
+           late_changes(changes(spark, rows)).orderBy("change_id").collect()]
+    assert got == [("c2", True), ("c4", False)]
+
+
 # ----- explicit schemas ------------------------------------------------------------------------
 def test_conform_refuses_a_cast_that_would_lose_values(spark):
     df = spark.createDataFrame([("a", "12"), ("b", "x7")], "k STRING, n STRING")
