@@ -16,6 +16,7 @@ from utils.pipelines.runner import (
     PipelineRun,
     PipelineRunFailed,
     load_pipeline,
+    register_pipeline_tables,
     run_pipeline,
 )
 from utils.pipelines.spec import PipelineSpec, PipelineSpecError, load_spec
@@ -32,5 +33,6 @@ __all__ = [
     "PipelineSpecError",
     "load_pipeline",
     "load_spec",
+    "register_pipeline_tables",
     "run_pipeline",
 ]

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from utils.config import get_config, on_databricks
+from utils.config import REPO_ROOT, get_config, on_databricks
 from utils.expectations import Expectation
 
 if TYPE_CHECKING:
@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 RELATIVE_PATH_REGEX = r"([^/]+/[0-9]{4}-[0-9]{2}-[0-9]{2}/[^/]+)$"
 DAY_GLOB = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]"
 LANDING_CONF = "course.landing_dir"
+#: The course's declarative pipeline: notebooks/pipeline (pipeline.yml + source files).
+COURSE_PIPELINE_DIR = REPO_ROOT / "notebooks" / "pipeline"
 
 
 def landing_dir(spark: "SparkSession") -> str:
@@ -177,6 +179,16 @@ _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 def staged_landing_dir() -> Path:
     """The pipeline's own landing folder for replays: ``<data root>/pipelines/landing``."""
     return get_config().data_root / "pipelines" / "landing"
+
+
+def reset_staged_landing() -> None:
+    """Empty :func:`staged_landing_dir` (a replay starts from no delivered day)."""
+    shutil.rmtree(staged_landing_dir(), ignore_errors=True)
+
+
+def staged_landing_configuration() -> dict[str, str]:
+    """Pipeline configuration that makes the streaming tables read the staged landing folder."""
+    return {LANDING_CONF: str(staged_landing_dir())}
 
 
 def landing_days() -> list[dt.date]:

@@ -448,6 +448,12 @@ def load_pipeline(path: str | Path, spark: "SparkSession | None" = None,
     return pipeline
 
 
+def register_pipeline_tables(path: str | Path, spark: "SparkSession") -> list[str]:
+    """Register the existing tables (and event log) of the pipeline in folder ``path`` in this
+    session, without loading its sources: what a new notebook needs to query them."""
+    return Pipeline(load_spec(path), spark).register_tables()
+
+
 def run_pipeline(path: str | Path, spark: "SparkSession | None" = None,
                  full_refresh: bool = False, dry_run: bool = False,
                  progress: Callable[[str], None] | None = None, timings: bool = False,
