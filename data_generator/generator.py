@@ -147,12 +147,17 @@ class Frame:
         return len(self.batch)
 
     def take(self, rows: np.ndarray) -> "Frame":
-        self.flush()
-        idx = pa.array(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.int64)
+        idx = pa.array(rows)
         out = Frame({k: pc.take(v, idx) for k, v in self.cols.items()}, self.batch[rows],
                     self.ts[rows], pc.take(self.key, idx),
                     {k: v[rows] for k, v in self.extra.items()})
         out.copy, out.defect, out.column = self.copy[rows], self.defect[rows], self.column[rows]
+        position = {int(r): i for i, r in enumerate(rows)}
+        for column, (edited, values) in self.pending.items():
+            for r, v in zip(edited, values):
+                if r in position:
+                    out.set(column, [position[r]], [v])
         return out
 
     def append(self, other: "Frame") -> "Frame":
@@ -179,6 +184,34 @@ class Frame:
                                                  values)
         self.pending = {}
         return self
+
+    def render(self, source: str, columns: list[str]) -> pa.Array:
+        """One text line per record (ending with a newline), queued edits applied.
+
+        Lines are composed from the clean columns in one vectorized pass; the few edited
+        records (planted defects) are then re-rendered in Python and swapped in with a single
+        gather, instead of rewriting whole columns once per edit.
+        """
+        lines = compose_lines(source, self, columns)
+        if not self.pending:
+            return lines
+        rows = sorted({r for edited, _ in self.pending.values() for r in edited})
+        rows_arr = np.array(rows, dtype=np.int64)
+        position = {r: i for i, r in enumerate(rows)}
+        template = TEMPLATES.get(source)
+        names = [p for p in template if p in self.cols] if template else columns
+        values = {c: fmt.row_values(self.cols[c], rows_arr) for c in dict.fromkeys(names)}
+        for column, (edited, new_values) in self.pending.items():
+            target = values[column]
+            for r, v in zip(edited, new_values):
+                target[position[r]] = v
+        if template:
+            rendered = ["".join(values[p][i] if p in values else p for p in template) + "\n"
+                        for i in range(len(rows))]
+        else:
+            rendered = [",".join(values[c][i] for c in columns) + "\n"
+                        for i in range(len(rows))]
+        return fmt.replace_rows(lines, rows_arr, rendered)
 
     def get(self, column: str, rows: np.ndarray) -> list[str | None]:
         """Values as delivered before queued edits (each record gets one defect, so the rows
@@ -424,6 +457,21 @@ def _bad_date(rng: np.random.Generator, template: str) -> str:
     return bad + template[10:]
 
 
+def _raw_fields(line: str) -> list[str]:
+    """Split a CSV line into its fields as written (quotes kept), for truncation."""
+    fields, current, quoted = [], [], False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        if ch == "," and not quoted:
+            fields.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    fields.append("".join(current))
+    return fields
+
+
 def _truncate_csv(fields: list[str], rng: np.random.Generator) -> str:
     """A record cut short: fewer fields than the header, never inside a quoted field."""
     n = len(fields)
@@ -445,6 +493,7 @@ class DefectPlanter:
         self.provider_npis = provider_npis
         self.used = np.zeros(len(frame), dtype=bool)
         self.truncate_rows: list[int] = []
+        self.copies: list[Frame] = []
 
     # ------------------------------------------------------------------------------------------
     def eligible(self, defect: str) -> np.ndarray:
@@ -516,10 +565,8 @@ class DefectPlanter:
                     upper = col in ("sex", "state")
                     dup.set(col, sel, [_noise(x, self.rng, upper) for x in dup.get(col, sel)])
             copies.append(dup)
-        for dup in copies:
-            f = f.append(dup)
-        self.f = f.flush()
-        return self.f
+        self.copies = copies
+        return f
 
     # ---- one method per defect type: edit the text of the chosen rows -------------------------
     def _ts_column(self, column: str) -> bool:
@@ -809,33 +856,43 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         planter = DefectPlanter(source, frames[source], rng, days, world.start_day, defect_rate,
                                 patients, len(world.encounters["pat"]), provider_npis)
         frame = planter.run()
-        truncate = np.zeros(len(frame), dtype=bool)
-        truncate[planter.truncate_rows] = True
-        order = np.lexsort((np.arange(len(frame)), frame.ts, frame.copy, frame.batch))
-        frame = frame.take(order)
-        truncate = truncate[order]
         is_csv = spec["format"] == "csv"
         columns = spec.get("columns", [])
+        parts = [frame, *planter.copies]
+        lines = pa.concat_arrays([part.render(source, columns) for part in parts])
+        batch = np.concatenate([part.batch for part in parts])
+        ts = np.concatenate([part.ts for part in parts])
+        copy = np.concatenate([part.copy for part in parts])
+        defect = np.concatenate([part.defect for part in parts])
+        column = np.concatenate([part.column for part in parts])
+        key = pa.concat_arrays([part.key for part in parts])
+        drg = np.concatenate([part.extra["drg"] for part in parts]) if "drg" in frame.extra \
+            else None
+        truncate = np.zeros(len(batch), dtype=bool)
+        truncate[planter.truncate_rows] = True
+        order = np.lexsort((np.arange(len(batch)), ts, copy, batch))
+        lines = pc.take(lines, pa.array(order))
+        key = pc.take(key, pa.array(order))
+        batch, defect, column, truncate = batch[order], defect[order], column[order], \
+            truncate[order]
         drift_day = -1
         if is_csv and source == "ehr_encounters" and defect_rate > 0 and days >= 3:
-            counts = np.bincount(frame.batch, minlength=days)
+            counts = np.bincount(batch, minlength=days)
             candidates = np.flatnonzero(counts[days // 3: max(days // 3 + 1, 2 * days // 3)])
             if len(candidates):
                 drift_day = days // 3 + int(candidates[int(rng.integers(0, len(candidates)))])
         if drift_day >= 0:
-            in_drift = frame.batch == drift_day
-            drg = pa.array(np.where(in_drift, frame.extra["drg"], ""), pa.string())
-            frame.cols[columns[-1]] = pc.binary_join_element_wise(
-                frame.cols[columns[-1]], pc.if_else(pa.array(in_drift), ",", ""), drg, "")
-        lines = compose_lines(source, frame, columns)
+            rows_d = np.flatnonzero(batch == drift_day)
+            extra = drg[order][rows_d]
+            lines = fmt.replace_rows(lines, rows_d, [
+                text[:-1] + "," + value + "\n"
+                for text, value in zip(fmt.row_values(lines, rows_d), extra)])
         if truncate.any():
             rows_t = np.flatnonzero(truncate)
+            old = fmt.row_values(lines, rows_t)
             if is_csv:
-                fields = [frame.get(c, rows_t) for c in columns]
-                new = [_truncate_csv([fl[i] for fl in fields], rng) + "\n"
-                       for i in range(len(rows_t))]
+                new = [_truncate_csv(_raw_fields(text[:-1]), rng) + "\n" for text in old]
             else:
-                old = fmt.row_values(lines, rows_t)
                 new = []
                 for text in old:
                     cut = int(len(text) * (0.3 + 0.5 * rng.random()))
@@ -843,11 +900,11 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
             lines = fmt.replace_rows(lines, rows_t, new)
 
         # files: one per day (header-only / empty when a day has no records)
-        bounds = np.searchsorted(frame.batch, np.arange(days + 1))
+        bounds = np.searchsorted(batch, np.arange(days + 1))
         first_line = 2 if is_csv else 1
-        line_no = np.arange(len(frame)) - bounds[frame.batch] + first_line
+        line_no = np.arange(len(batch)) - bounds[batch] + first_line
         pattern = spec["file_pattern"]
-        keys = frame.key.to_pylist() if frame.defect.any() else []
+        keys = key.to_pylist() if (defect != "").any() else []
         for d in range(days):
             day_name = day_names[d]
             rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
@@ -862,11 +919,11 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
             if d == drift_day:
                 defects.append({"defect_type": "schema_drift", "source": source, "file": rel,
                                 "line": 1, "record_key": None, "column": SCHEMA_DRIFT_COLUMN})
-            for i in np.flatnonzero(frame.defect[lo:hi] != "") + lo:
-                defects.append({"defect_type": str(frame.defect[i]), "source": source,
+            for i in np.flatnonzero(defect[lo:hi] != "") + lo:
+                defects.append({"defect_type": str(defect[i]), "source": source,
                                 "file": rel, "line": int(line_no[i]), "record_key": keys[i],
-                                "column": str(frame.column[i]) or None})
-        rows_per_entity[entity] = len(frame)
+                                "column": str(column[i]) or None})
+        rows_per_entity[entity] = len(batch)
         bar.update(1)
 
     defect_counts: dict[str, int] = {}
