@@ -404,7 +404,7 @@ def test_scd2_to_contract_marks_current_and_deleted_versions(spark):
                                              "is_current", "is_deleted")]
     t = [dt.datetime(2025, 1, d) for d in range(1, 5)]
     seq = "STRUCT<change_ts: TIMESTAMP, change_id: STRING>"
-    ddl = ", ".join([f"patient_key STRING", *[f"{a} STRING" for a in attrs],
+    ddl = ", ".join(["patient_key STRING", *[f"{a} STRING" for a in attrs],
                      f"__START_AT {seq}", f"__END_AT {seq}"])
     none = [None] * len(attrs)
     scd2 = spark.createDataFrame([

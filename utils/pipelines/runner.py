@@ -39,7 +39,7 @@ from utils.pipelines.sources import (
 from utils.pipelines.spec import PipelineSpec, load_spec
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 KIND_LABEL = {"st": "streaming table", "mv": "materialized view", "view": "temporary view",
               "sink": "sink", "external": "table"}
