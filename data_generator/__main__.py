@@ -18,7 +18,8 @@ def _positive_int(name: str):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a whole number (got {text!r})")
+            raise argparse.ArgumentTypeError(
+                f"{name} must be a whole number (got {text!r})") from None
         if value < 1:
             raise argparse.ArgumentTypeError(f"{name} must be at least 1 (got {value})")
         return value
@@ -29,7 +30,7 @@ def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seed must be a whole number (got {text!r})")
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number (got {text!r})") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"--seed must be 0 or more (got {value})")
     return value
@@ -39,7 +40,7 @@ def _rate(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--defect-rate must be a number (got {text!r})")
+        raise argparse.ArgumentTypeError(f"--defect-rate must be a number (got {text!r})") from None
     if not 0 <= value <= 0.2:
         raise argparse.ArgumentTypeError(f"--defect-rate must be between 0 and 0.2 (got {value})")
     return value
@@ -49,7 +50,8 @@ def _date(text: str) -> date:
     try:
         return date.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--start-date must be a date YYYY-MM-DD (got {text!r})")
+        raise argparse.ArgumentTypeError(
+            f"--start-date must be a date YYYY-MM-DD (got {text!r})") from None
 
 
 def build_parser() -> argparse.ArgumentParser:

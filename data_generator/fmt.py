@@ -102,12 +102,6 @@ def csv_quote(values: pa.Array) -> pa.Array:
     return pc.if_else(needs, quoted, values)
 
 
-def json_string_escape(values: pa.Array) -> pa.Array:
-    """Escape backslashes and quotes so a value can sit inside a JSON string literal."""
-    values = pc.replace_substring(values, "\\", "\\\\")
-    return pc.replace_substring(values, '"', '\\"')
-
-
 def replace_rows(values: pa.Array, rows: np.ndarray, new_values: list[str | None]) -> pa.Array:
     """``values`` with ``values[rows[i]] = new_values[i]`` (rows distinct)."""
     rows = np.asarray(rows, dtype=np.int64)

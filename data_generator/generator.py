@@ -160,30 +160,11 @@ class Frame:
                     out.set(column, [position[r]], [v])
         return out
 
-    def append(self, other: "Frame") -> "Frame":
-        self.flush()
-        other.flush()
-        out = Frame({k: pa.concat_arrays([v, other.cols[k]]) for k, v in self.cols.items()},
-                    np.r_[self.batch, other.batch], np.r_[self.ts, other.ts],
-                    pa.concat_arrays([self.key, other.key]),
-                    {k: np.r_[v, other.extra[k]] for k, v in self.extra.items()})
-        out.copy = np.r_[self.copy, other.copy]
-        out.defect = np.r_[self.defect, other.defect]
-        out.column = np.r_[self.column, other.column]
-        return out
-
     def set(self, column: str, rows: np.ndarray, values: list[str | None]) -> None:
-        """Queue an edit (applied by ``flush``: one gather per column, not one per edit)."""
+        """Queue an edit of some records (applied when the lines are rendered)."""
         pending = self.pending.setdefault(column, ([], []))
         pending[0].extend(int(r) for r in rows)
         pending[1].extend(values)
-
-    def flush(self) -> "Frame":
-        for column, (rows, values) in self.pending.items():
-            self.cols[column] = fmt.replace_rows(self.cols[column], np.array(rows, np.int64),
-                                                 values)
-        self.pending = {}
-        return self
 
     def render(self, source: str, columns: list[str]) -> pa.Array:
         """One text line per record (ending with a newline), queued edits applied.
@@ -276,8 +257,6 @@ def build_frames(world: M.World) -> dict[str, Frame]:
 
     # --- encounters ---------------------------------------------------------------------------
     m = len(E["pat"])
-    icd = load_code_table("icd10cm")
-    del icd
     enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
     mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
     cols = {
@@ -569,9 +548,6 @@ class DefectPlanter:
         return f
 
     # ---- one method per defect type: edit the text of the chosen rows -------------------------
-    def _ts_column(self, column: str) -> bool:
-        return column.endswith("_ts") or column in ("effectiveDateTime", "authoredOn")
-
     def _set(self, column: str, rows: np.ndarray, values: list[str | None]) -> None:
         self.f.set(_FRAME_COLUMN.get(column, column), rows, values)
 

@@ -619,7 +619,7 @@ def _labs(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
     decimals = np.array([t[1] for t in LABS])
     mu = np.array([t[2] for t in LABS])[test]
     sd = np.array([t[3] for t in LABS])[test]
-    for ti, (code, _, _, _, by_cond) in enumerate(LABS):
+    for ti, (_, _, _, _, by_cond) in enumerate(LABS):
         for group, (c_mu, c_sd) in by_cond.items():
             sel = (test == ti) & cond[pat[e], CONDITIONS.index(group)]
             mu = np.where(sel, c_mu, mu)

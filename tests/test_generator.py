@@ -372,7 +372,7 @@ def test_csv_headers_and_json_shapes_match_the_contract(landing, parsed):
                 assert header == columns + [drift[0]["column"]]
             else:
                 assert header == columns, rel
-    for entity, spec in sources["reference"]["entities"].items():
+    for spec in sources["reference"]["entities"].values():
         path = landing / "reference" / "2025-01-01" / spec["file"]
         assert path.read_text(encoding="utf-8").split("\n", 1)[0].split(",") == spec["columns"]
     obs = next(r["row"] for r in parsed["fhir_observations"] if r["row"])
