@@ -228,3 +228,30 @@ def test_report_renders_sorted_without_run_ids(spark, data_dir):
 def test_unknown_source_is_a_clear_error(spark, data_dir):
     with pytest.raises(ValueError, match="Unknown bronze source or entity 'ehr_labs'"):
         ingest_landing(spark, sources=["ehr_labs"])
+
+
+def test_a_file_too_big_for_one_message_is_staged_and_still_one_commit(spark, data_dir, monkeypatch):
+    """Spark Connect caps a plan at 128 MB: big files travel in chunks, commit once."""
+    write_landing(data_dir, {**encounters_day("2025-01-01", 40), **encounters_day("2025-01-02", 3)})
+    monkeypatch.setattr(bronze, "COMMIT_BYTES", 300)  # day 1 (~800 bytes) is "too big"
+    monkeypatch.setattr(bronze, "CHUNK_BYTES", 250)  # ... and is sent in several chunks
+    real_append = bronze._append
+
+    def crash_once(spark_, table, df, config):
+        monkeypatch.setattr(bronze, "_append", real_append)
+        raise KeyboardInterrupt("crash after staging, before the commit")
+
+    monkeypatch.setattr(bronze, "_append", crash_once)
+    with pytest.raises(KeyboardInterrupt):
+        ingest_landing(spark, sources=["encounters"])
+    assert bronze.staging_dir(get_config()).is_dir()  # left behind, nothing committed
+    assert ingested_files(spark, "encounters") == []
+
+    report = ingest_landing(spark, sources=["encounters"])
+    assert report.rows() == [("encounters", 2, 0, 43)]
+    assert report.entities["encounters"].commits == 2  # the big file alone, then day 2
+    rows = bronze_rows(spark, "encounters")
+    assert len(rows) == 43 and len(set(rows)) == 43
+    assert [r[1] for r in rows if r[0] == enc_file("2025-01-01")] == list(range(2, 42))
+    assert not bronze.staging_dir(get_config()).exists()
+    assert [c["rows_added"] for c in delta_log_commits("encounters")] == [0, 40, 3]
