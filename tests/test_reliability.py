@@ -263,8 +263,8 @@ def test_bad_lines_end_in_silver_quarantine_with_the_rule_that_caught_them(spark
 
     header = _contract_header("ehr_encounters")
     files = {
-        enc_file("2025-04-01"): (header + "\n" + GOOD_ENCOUNTER.format(n=1) + "\n"
-                                 + GOOD_ENCOUNTER.format(n=2).rsplit(",", 3)[0]).encode(),  # truncated last line
+        enc_file("2025-04-01"): (header + "\n" + GOOD_ENCOUNTER.format(n=1) + "\n"  # truncated last line
+                                 + GOOD_ENCOUNTER.format(n=2).rsplit(",", 3)[0]).encode(),
         enc_file("2025-04-02"): (header + "\n" + GOOD_ENCOUNTER.format(n=3).replace("MRN", "MR\xc9")
                                  + "\n").encode("latin-1"),  # invalid UTF-8
         enc_file("2025-04-03"): b"\xef\xbb\xbf" + (header + "\r\n" + GOOD_ENCOUNTER.format(n=4)

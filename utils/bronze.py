@@ -16,7 +16,7 @@ Why Python reads the files (not ``spark.read``)
 Sail has no ``input_file_name()``/``_metadata``, so files are read one by one anyway, and its
 ``spark.read.text`` fails the *whole read* on one invalid UTF-8 byte ("Parser error:
 Encountered invalid UTF-8 data"), keeps a BOM glued to the first line, also splits on a lone
-``\r`` and gives no line number. Reading the bytes in Python, splitting on ``\n`` and handing
+``\\r`` and gives no line number. Reading the bytes in Python, splitting on ``\\n`` and handing
 one Arrow table per file to ``spark.createDataFrame`` (per-file lineage added as literals,
 files unioned into one write) keeps exact physical line numbers and survives any byte.
 
@@ -64,7 +64,9 @@ Encodings and odd files (every one is stored, none crashes a run)
   elsewhere is kept as data.
 - Invalid UTF-8: the line is decoded with U+FFFD replacement characters into ``value`` and
   the original bytes are kept, base64-encoded, in ``_raw_base64`` (NULL for valid lines), so
-  the line is both flagged and recoverable byte for byte.
+  the line is both flagged and recoverable byte for byte. (A CSV header line is decoded the
+  same way into ``_header`` but its raw bytes are not kept: a header that is not UTF-8 means
+  the file is not a valid delivery, and silver rejects every line of it.)
 - A binary file dropped into a source folder: stored like text (split on ``\\n``, invalid
   bytes handled as above); silver quarantines its lines.
 - A truncated last line (no terminator) is a line. An empty line in the middle is a row
