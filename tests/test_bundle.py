@@ -98,3 +98,13 @@ def test_job_runs_notebooks_in_course_order_then_the_pipeline(resources):
                  if "notebook_task" in t]
     assert notebooks == sorted(notebooks) and notebooks[0].startswith("00_")
     assert tasks[-1]["pipeline_task"]["pipeline_id"] == "${resources.pipelines.medallion_pipeline.id}"
+
+
+def test_job_runs_every_lesson_but_the_local_pipeline_one(resources):
+    """A new lesson notebook must be added to the job; 07 is replaced by the pipeline task."""
+    (path, job), = _jobs(resources).values()
+    in_job = {(path.parent / t["notebook_task"]["notebook_path"]).resolve()
+              for t in job["tasks"] if "notebook_task" in t}
+    lessons = {p.resolve() for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")
+               if not p.name.startswith("07_")}
+    assert in_job == lessons, f"not in the job: {sorted(p.name for p in lessons - in_job)}"
