@@ -166,16 +166,17 @@ class Frame:
         pending[0].extend(int(r) for r in rows)
         pending[1].extend(values)
 
-    def render(self, source: str, columns: list[str]) -> pa.Array:
-        """One text line per record (ending with a newline), queued edits applied.
+    def render(self, source: str, columns: list[str]) -> tuple[pa.Array, np.ndarray, list[str]]:
+        """Text lines of the records (each ending with a newline), as three parts.
 
-        Lines are composed from the clean columns in one vectorized pass; the few edited
-        records (planted defects) are then re-rendered in Python and swapped in with a single
-        gather, instead of rewriting whole columns once per edit.
+        Lines are composed from the clean columns in one vectorized pass; the few records
+        with queued edits (planted defects) are re-rendered in Python. Returns the clean
+        lines, the edited row numbers and their rendered lines; the caller swaps them in
+        with the one gather that also sorts the file, so no column is ever rewritten.
         """
         lines = compose_lines(source, self, columns)
         if not self.pending:
-            return lines
+            return lines, np.zeros(0, dtype=np.int64), []
         rows = sorted({r for edited, _ in self.pending.values() for r in edited})
         rows_arr = np.array(rows, dtype=np.int64)
         position = {r: i for i, r in enumerate(rows)}
@@ -192,7 +193,7 @@ class Frame:
         else:
             rendered = [",".join(values[c][i] for c in columns) + "\n"
                         for i in range(len(rows))]
-        return fmt.replace_rows(lines, rows_arr, rendered)
+        return lines, rows_arr, rendered
 
     def get(self, column: str, rows: np.ndarray) -> list[str | None]:
         """Values as delivered before queued edits (each record gets one defect, so the rows
@@ -438,6 +439,8 @@ def _bad_date(rng: np.random.Generator, template: str) -> str:
 
 def _raw_fields(line: str) -> list[str]:
     """Split a CSV line into its fields as written (quotes kept), for truncation."""
+    if '"' not in line:
+        return line.split(",")
     fields, current, quoted = [], [], False
     for ch in line:
         if ch == '"':
@@ -734,17 +737,56 @@ def prepare_out_dir(out_dir: Path) -> None:
             entry.unlink()
 
 
-def _write_file(path: Path, header: str | None, lines: pa.Array) -> None:
-    """Header plus the lines' bytes straight from the Arrow buffer (no Python join)."""
+class _LineStore:
+    """Lines kept in a list of Arrow chunks, and where each record's current line is.
+
+    Planted edits append small chunks and repoint ``where``; ``gather`` builds the sorted file
+    contents in one pass, so the big arrays are copied once instead of once per edit.
+    """
+
+    def __init__(self):
+        self.chunks: list[pa.Array] = []
+        self.offset = 0
+        self.where = np.zeros(0, dtype=np.int64)
+
+    def add(self, clean: pa.Array, edited: np.ndarray, rendered: list[str]) -> np.ndarray:
+        """Add a part's clean lines and its edited lines; return where its records are."""
+        where = np.arange(len(clean), dtype=np.int64) + self.offset
+        self.chunks.append(clean)
+        self.offset += len(clean)
+        if len(edited):
+            self.chunks.append(pa.array(rendered, pa.string()))
+            where[edited] = self.offset + np.arange(len(edited))
+            self.offset += len(edited)
+        return where
+
+    def swap_in(self, rows: np.ndarray, texts: list[str]) -> None:
+        self.chunks.append(pa.array(texts, pa.string()))
+        self.where[rows] = self.offset + np.arange(len(rows))
+        self.offset += len(rows)
+
+    def texts_of(self, rows: np.ndarray) -> list[str]:
+        return pc.take(pa.chunked_array(self.chunks, pa.string()),
+                       pa.array(self.where[rows])).to_pylist()
+
+    def gather(self) -> pa.ChunkedArray:
+        return pc.take(pa.chunked_array(self.chunks, pa.string()), pa.array(self.where))
+
+
+def _write_file(path: Path, header: str | None, lines: pa.Array | pa.ChunkedArray) -> None:
+    """Header plus the lines' bytes straight from the Arrow buffers (no Python join)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
     with open(path, "wb") as handle:
         if header is not None:
             handle.write(header.encode("utf-8"))
-        if len(lines):
-            offsets = np.frombuffer(lines.buffers()[1], dtype=np.int32,
-                                    count=lines.offset + len(lines) + 1)[lines.offset:]
-            data = lines.buffers()[2]
-            handle.write(memoryview(data)[int(offsets[0]):int(offsets[-1])])
+        for chunk in chunks:
+            if not len(chunk):
+                continue
+            buffers = chunk.buffers()
+            offsets = np.frombuffer(buffers[1], dtype=np.int32,
+                                    count=chunk.offset + len(chunk) + 1)[chunk.offset:]
+            handle.write(memoryview(buffers[2])[int(offsets[0]):int(offsets[-1])])
 
 
 def _csv_line(values: list[str]) -> str:
@@ -835,7 +877,8 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         is_csv = spec["format"] == "csv"
         columns = spec.get("columns", [])
         parts = [frame, *planter.copies]
-        lines = pa.concat_arrays([part.render(source, columns) for part in parts])
+        store = _LineStore()
+        where_parts = [store.add(*part.render(source, columns)) for part in parts]
         batch = np.concatenate([part.batch for part in parts])
         ts = np.concatenate([part.ts for part in parts])
         copy = np.concatenate([part.copy for part in parts])
@@ -847,7 +890,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         truncate = np.zeros(len(batch), dtype=bool)
         truncate[planter.truncate_rows] = True
         order = np.lexsort((np.arange(len(batch)), ts, copy, batch))
-        lines = pc.take(lines, pa.array(order))
+        store.where = np.concatenate(where_parts)[order]
         key = pc.take(key, pa.array(order))
         batch, defect, column, truncate = batch[order], defect[order], column[order], \
             truncate[order]
@@ -860,12 +903,11 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         if drift_day >= 0:
             rows_d = np.flatnonzero(batch == drift_day)
             extra = drg[order][rows_d]
-            lines = fmt.replace_rows(lines, rows_d, [
-                text[:-1] + "," + value + "\n"
-                for text, value in zip(fmt.row_values(lines, rows_d), extra)])
+            store.swap_in(rows_d, [text[:-1] + "," + value + "\n"
+                                   for text, value in zip(store.texts_of(rows_d), extra)])
         if truncate.any():
             rows_t = np.flatnonzero(truncate)
-            old = fmt.row_values(lines, rows_t)
+            old = store.texts_of(rows_t)
             if is_csv:
                 new = [_truncate_csv(_raw_fields(text[:-1]), rng) + "\n" for text in old]
             else:
@@ -873,7 +915,8 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
                 for text in old:
                     cut = int(len(text) * (0.3 + 0.5 * rng.random()))
                     new.append(text[:cut] + "\n")
-            lines = fmt.replace_rows(lines, rows_t, new)
+            store.swap_in(rows_t, new)
+        lines = store.gather()
 
         # files: one per day (header-only / empty when a day has no records)
         bounds = np.searchsorted(batch, np.arange(days + 1))
