@@ -461,3 +461,25 @@ def test_course_pipeline_gold_equals_the_imperative_gold(spark, data_dir):
         assert declarative.exceptAll(imperative).count() == 0, name
         assert imperative.exceptAll(declarative).count() == 0, name
     assert spark.table("gold.patient_summary").count() > 0
+
+
+def test_streaming_view_batch_is_offered_again_when_its_reader_failed(spark, data_dir, tmp_path):
+    land(data_dir, "2025-01-01", ["o1,10"])
+    folder = make_pipeline(tmp_path, """
+        @dp.temporary_view
+        def incoming():
+            return raw_orders()
+
+        @dp.table
+        @expect_or_fail("below_100", "amount < 100")
+        def orders():
+            return spark.readStream.table("incoming").select("id", "amount")
+    """, name="view_commit")
+    run_pipeline(folder, spark, lineage=False)
+    land(data_dir, "2025-01-02", ["o2,20"])
+    land(data_dir, "2025-01-02", ["o9,500"], file="bad.csv")
+    with pytest.raises(PipelineRunFailed, match="below_100"):
+        run_pipeline(folder, spark, lineage=False)
+    (data_dir / "landing" / "orders" / "2025-01-02" / "bad.csv").unlink()   # fix the delivery
+    run_pipeline(folder, spark, lineage=False)
+    assert rows(spark, "view_commit.orders") == [("o1", 10), ("o2", 20)]   # o2 not lost

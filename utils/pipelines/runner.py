@@ -107,19 +107,34 @@ class PipelineRun:
         } for f in self.flows]).astype({"rows": "Int64", "dropped": "Int64"})
 
 
-def progress_line(index: int, total: int, result: FlowResult, timings: bool = False) -> str:
+def progress_line(index: int, total: int, result: FlowResult, timings: bool = False,
+                  name_width: int = 28) -> str:
     """``[ 3/12] silver_encounters   materialized view   1,234 rows  COMPLETED``."""
     rows = f"{result.num_output_rows:,} rows" if result.num_output_rows is not None else ""
     if result.dropped_records:
         rows += f" ({result.dropped_records:,} dropped)"
     width = len(str(total))
-    line = (f"[{index:{width}d}/{total}] {result.dataset:<28} {KIND_LABEL.get(result.kind, ''):<18}"
-            f" {rows:<24} {result.status}")
+    line = (f"[{index:{width}d}/{total}] {result.dataset:<{name_width}} "
+            f"{KIND_LABEL.get(result.kind, ''):<17} {rows:<22} {result.status}")
     if timings:
         line += f" in {result.seconds:.1f} s"
     if result.error:
         line += f": {result.error.splitlines()[0][:200]}"
     return line.rstrip()
+
+
+def _readers(graph: PipelineGraph, dataset: str) -> list[str]:
+    """Flows that read ``dataset``, through temporary views (a view's readers read it too)."""
+    found: list[str] = []
+    pending = [dataset]
+    while pending:
+        name = pending.pop()
+        for flow in graph.flows.values():
+            if name in flow.inputs and flow.name not in found:
+                found.append(flow.name)
+                if graph.datasets[flow.target].kind == "view":
+                    pending.append(flow.target)
+    return found
 
 
 class Pipeline:
@@ -263,7 +278,7 @@ class Pipeline:
         for result in results:
             log.flow(result.flow, result.dataset, "QUEUED", f"Flow '{result.flow}' is QUEUED.")
         failed_datasets: set[str] = set()
-        pending_view_commits: list[tuple[Checkpoint, int, dict]] = []
+        pending_view_commits: list[tuple[str, Checkpoint, int, dict]] = []
         try:
             with self._conf(), self._in_schema():
                 for index, result in enumerate(results, 1):
@@ -295,9 +310,13 @@ class Pipeline:
                                      metrics=result.expectations or None)
                         result.seconds = time.perf_counter() - started
                     if progress:
-                        progress(progress_line(index, len(results), result, timings))
-            if run.status == "COMPLETED":
-                for checkpoint, batch_id, payload in pending_view_commits:
+                        progress(progress_line(index, len(results), result, timings,
+                                               max(len(r.dataset) for r in results)))
+            # A streaming view's batch is committed once every flow reading it completed:
+            # otherwise its next update must offer the same rows again.
+            status = {r.flow: r.status for r in results}
+            for view, checkpoint, batch_id, payload in pending_view_commits:
+                if all(status.get(name) == "COMPLETED" for name in _readers(graph, view)):
                     checkpoint.write_commit(batch_id, payload)
         finally:
             log.update(run.status, f"Update {update_id} is {run.status}.",
@@ -373,7 +392,7 @@ class Pipeline:
             if dataset.kind == "view":   # not materialized: no row count, only rule metrics
                 valid.createOrReplaceTempView(flow.target.split(".")[-1])
                 if batch is not None:
-                    pending_view_commits.append((checkpoint, batch_id,
+                    pending_view_commits.append((flow.target, checkpoint, batch_id,
                                                  {"sources": batch.sources}))
                 return
 
