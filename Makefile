@@ -10,7 +10,7 @@ ifndef TEST_DATA_DIR
 TEST_DATA_DIR := $(shell mktemp -u /tmp/medallion-test.XXXXXX)
 endif
 
-.PHONY: help install run test unit nbval lab data bench doctor lint clean reset notebooks pipeline
+.PHONY: help install run test unit lab data bench doctor lint clean reset notebooks pipeline
 
 help: ## List the targets (this text)
 	@echo "Medallion lakehouse course on healthcare data. Targets:"
@@ -53,6 +53,9 @@ doctor: $(STAMP) ## Print engine, versions, paths and anything missing
 
 lint: $(STAMP) ## Check code style with ruff
 	$(VENV)/bin/ruff check utils data_generator tests
+
+pipeline: $(STAMP) ## Run the declarative pipeline (notebooks/pipeline) locally on the default dataset
+	$(PY) -m utils.pipelines run notebooks/pipeline
 
 reset: ## Remove generated data, tables and figures so a room can start over (keeps .venv)
 	rm -rf data/landing data/lakehouse data/reports data/scratch data/executed data/pipelines
