@@ -206,170 +206,181 @@ def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-def build_frames(world: M.World) -> dict[str, Frame]:
-    """Clean records of every event source as text, with batch day and sort time."""
+def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
+    """Per source, a function building its clean records as text (batch day, sort time).
+
+    Sources are built one at a time, when written, so only one source's text is in memory.
+    """
     d0 = world.start_day
     P, E = world.patients, world.encounters
     payer_ids = [p[0] for p in M.PAYERS]
-    frames: dict[str, Frame] = {}
 
-    # --- patients (change records) ------------------------------------------------------------
-    ch = world.changes
-    pat, op, ver = ch["pat"], ch["op"], ch["version"]
-    v = np.maximum(ver, 0)
-    live = op != 2
-    city_idx = P["city"][pat, v]
-    cities = [c[0] for c in M.CITIES]
-    states = [c[1] for c in M.CITIES]
-    area = np.array([c[3] for c in M.CITIES])
-    zip3 = np.array([c[2] for c in M.CITIES], dtype=object)
-    phone_num = P["phone"][pat, v]
-    phone = np.char.add(np.char.add(np.char.add(area[city_idx].astype(str), "-"),
-                                    (phone_num // 10_000).astype(str)),
-                        np.char.add("-", np.char.zfill((phone_num % 10_000).astype(str), 4)))
-    zip_code = np.char.add(zip3[city_idx].astype(str),
-                           np.char.zfill(P["zip2"][pat, v].astype(str), 2))
-    address = np.char.add(np.char.add(P["street_no"][pat, v].astype(str), " "),
-                          P["street"][pat, v].astype(str))
-    n_ch = len(pat)
-    cols = {
-        "change_id": fmt.prefixed_ids("CHG", np.arange(1, n_ch + 1), 9),
-        "operation": fmt.pick(["INSERT", "UPDATE", "DELETE"], op),
-        "change_ts": fmt.timestamps(ch["ts"]),
-        "mrn": fmt.prefixed_ids("MRN", pat + 1, 7),
-        "first_name": fmt.csv_quote(pa.array(P["first_name"][pat], pa.string())),
-        "last_name": fmt.csv_quote(pa.array(P["last_name"][pat], pa.string())),
-        "birth_date": fmt.dates(P["birth_day"][pat]),
-        "sex": fmt.pick(["F", "M", "U"], P["sex"][pat]),
-        "address_line": fmt.csv_quote(pa.array(address.astype(object), pa.string())),
-        "city": fmt.pick(cities, city_idx),
-        "state": fmt.pick(states, city_idx),
-        "zip": pa.array(zip_code.astype(object), pa.string()),
-        "phone": pa.array(phone.astype(object), pa.string()),
-        "ssn": pa.array(P["ssn"][pat], pa.string()),
-        "payer_id": fmt.pick(payer_ids, P["payer"][pat, v]),
-    }
-    for name in list(cols)[4:]:
-        cols[name] = _empty_if(cols[name], ~live)
-    day = ch["ts"] // M.DAY - d0
-    frames["ehr_patients"] = Frame(cols, day, ch["ts"], cols["change_id"], {"op": op})
-    # record id order follows change time, so change_id is increasing within the export
-    # (the lexsort in the model already ordered the records by time)
+    def patients() -> Frame:
+        # --- patients (change records) ------------------------------------------------------------
+        ch = world.changes
+        pat, op, ver = ch["pat"], ch["op"], ch["version"]
+        v = np.maximum(ver, 0)
+        live = op != 2
+        city_idx = P["city"][pat, v]
+        cities = [c[0] for c in M.CITIES]
+        states = [c[1] for c in M.CITIES]
+        area = np.array([c[3] for c in M.CITIES])
+        zip3 = np.array([c[2] for c in M.CITIES], dtype=object)
+        phone_num = P["phone"][pat, v]
+        phone = np.char.add(np.char.add(np.char.add(area[city_idx].astype(str), "-"),
+                                        (phone_num // 10_000).astype(str)),
+                            np.char.add("-", np.char.zfill((phone_num % 10_000).astype(str), 4)))
+        zip_code = np.char.add(zip3[city_idx].astype(str),
+                               np.char.zfill(P["zip2"][pat, v].astype(str), 2))
+        address = np.char.add(np.char.add(P["street_no"][pat, v].astype(str), " "),
+                              P["street"][pat, v].astype(str))
+        n_ch = len(pat)
+        cols = {
+            "change_id": fmt.prefixed_ids("CHG", np.arange(1, n_ch + 1), 9),
+            "operation": fmt.pick(["INSERT", "UPDATE", "DELETE"], op),
+            "change_ts": fmt.timestamps(ch["ts"]),
+            "mrn": fmt.prefixed_ids("MRN", pat + 1, 7),
+            "first_name": fmt.csv_quote(pa.array(P["first_name"][pat], pa.string())),
+            "last_name": fmt.csv_quote(pa.array(P["last_name"][pat], pa.string())),
+            "birth_date": fmt.dates(P["birth_day"][pat]),
+            "sex": fmt.pick(["F", "M", "U"], P["sex"][pat]),
+            "address_line": fmt.csv_quote(pa.array(address.astype(object), pa.string())),
+            "city": fmt.pick(cities, city_idx),
+            "state": fmt.pick(states, city_idx),
+            "zip": pa.array(zip_code.astype(object), pa.string()),
+            "phone": pa.array(phone.astype(object), pa.string()),
+            "ssn": pa.array(P["ssn"][pat], pa.string()),
+            "payer_id": fmt.pick(payer_ids, P["payer"][pat, v]),
+        }
+        for name in list(cols)[4:]:
+            cols[name] = _empty_if(cols[name], ~live)
+        day = ch["ts"] // M.DAY - d0
+        return Frame(cols, day, ch["ts"], cols["change_id"], {"op": op})
+        # record id order follows change time, so change_id is increasing within the export
+        # (the lexsort in the model already ordered the records by time)
 
-    # --- encounters ---------------------------------------------------------------------------
-    m = len(E["pat"])
-    enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
-    mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
-    cols = {
-        "encounter_id": enc_ids,
-        "mrn": mrn_of_enc,
-        "facility_id": pa.array(world.facilities["facility_id"][E["fac"]], pa.string()),
-        "provider_npi": pa.array(world.providers["npi"][E["prov"]], pa.string()),
-        "encounter_class": fmt.pick(M.CLASSES, E["cls"]),
-        "admit_ts": fmt.timestamps(E["admit"]),
-        "discharge_ts": fmt.timestamps(E["disch"]),
-        "admission_type": fmt.pick(M.ADMISSION_TYPES, E["adm_type"]),
-        "admission_source": fmt.pick(M.ADMISSION_SOURCES, E["adm_src"]),
-        "discharge_disposition": fmt.pick(M.DISPOSITIONS, E["disp"]),
-        "payer_id": fmt.pick(payer_ids, E["payer"]),
-        "primary_dx": pa.array(E["primary"], pa.string()),
-        "secondary_dx": pa.array(E["secondary"], pa.string()),
-        "total_charge": fmt.scaled_integers(E["charge_cents"], 2),
-    }
-    drg = pc.if_else(pa.array(E["drg"] >= 0),
-                     pc.utf8_lpad(fmt.integers(np.maximum(E["drg"], 0)), 3, "0"), "")
-    frames["ehr_encounters"] = Frame(cols, E["disch"] // M.DAY - d0, E["disch"], enc_ids,
-                                     {"drg": drg.to_numpy(zero_copy_only=False)})
+    def encounters() -> Frame:
+        # --- encounters ---------------------------------------------------------------------------
+        m = len(E["pat"])
+        enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
+        mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
+        cols = {
+            "encounter_id": enc_ids,
+            "mrn": mrn_of_enc,
+            "facility_id": pa.array(world.facilities["facility_id"][E["fac"]], pa.string()),
+            "provider_npi": pa.array(world.providers["npi"][E["prov"]], pa.string()),
+            "encounter_class": fmt.pick(M.CLASSES, E["cls"]),
+            "admit_ts": fmt.timestamps(E["admit"]),
+            "discharge_ts": fmt.timestamps(E["disch"]),
+            "admission_type": fmt.pick(M.ADMISSION_TYPES, E["adm_type"]),
+            "admission_source": fmt.pick(M.ADMISSION_SOURCES, E["adm_src"]),
+            "discharge_disposition": fmt.pick(M.DISPOSITIONS, E["disp"]),
+            "payer_id": fmt.pick(payer_ids, E["payer"]),
+            "primary_dx": pa.array(E["primary"], pa.string()),
+            "secondary_dx": pa.array(E["secondary"], pa.string()),
+            "total_charge": fmt.scaled_integers(E["charge_cents"], 2),
+        }
+        drg = pc.if_else(pa.array(E["drg"] >= 0),
+                         pc.utf8_lpad(fmt.integers(np.maximum(E["drg"], 0)), 3, "0"), "")
+        return Frame(cols, E["disch"] // M.DAY - d0, E["disch"], enc_ids,
+                                         {"drg": drg.to_numpy(zero_copy_only=False)})
 
-    # --- lab results (FHIR Observation) -----------------------------------------------------
-    # NDJSON fragments are JSON literals (quoted strings, numbers, or null for a planted
-    # null_required), so a line is one concatenation of template text and fragments.
-    L = world.labs
-    loinc = load_code_table("loinc").set_index("code")
-    lab_codes = [t[0] for t in M.LABS]
-    decimals = np.array([t[1] for t in M.LABS])
-    units = loinc.loc[lab_codes, "unit"].tolist()
-    k = len(L["enc"])
-    width = max(6, len(str(k)))
-    obs_ids = fmt.prefixed_ids("obs-", np.arange(1, k + 1), width)
-    value_text = _fixed_by_decimals(L["value"], decimals[L["test"]])
-    low = loinc.loc[lab_codes, "ref_low"].to_numpy()
-    high = loinc.loc[lab_codes, "ref_high"].to_numpy()
-    low_txt = [_num(x, 2) for x in low]
-    high_txt = [_num(x, 2) for x in high]
-    enc_pat = E["pat"]
-    cols = {
-        "id": fmt.prefixed_ids('"obs-', np.arange(1, k + 1), width, '"'),
-        "subject": fmt.prefixed_ids('"Patient/MRN', enc_pat[L["enc"]] + 1, 7, '"'),
-        "encounter": fmt.prefixed_ids('"Encounter/ENC', L["enc"] + 1, 9, '"'),
-        "code": fmt.pick(lab_codes, L["test"], json=True),
-        "display": fmt.pick(loinc.loc[lab_codes, "name"].tolist(), L["test"], json=True),
-        "effective": fmt.timestamps(L["ts"], 'Z"', '"'),
-        "value": value_text,
-        "unit": fmt.pick(units, L["test"], json=True),
-        "low": fmt.pick(low_txt, L["test"]),
-        "high": fmt.pick(high_txt, L["test"]),
-    }
-    frames["fhir_observations"] = Frame(cols, L["ts"] // M.DAY - d0, L["ts"], obs_ids,
-                                        {"test": L["test"], "value": L["value"]})
+    def observations() -> Frame:
+        # --- lab results (FHIR Observation) -----------------------------------------------------
+        # NDJSON fragments are JSON literals (quoted strings, numbers, or null for a planted
+        # null_required), so a line is one concatenation of template text and fragments.
+        L = world.labs
+        loinc = load_code_table("loinc").set_index("code")
+        lab_codes = [t[0] for t in M.LABS]
+        decimals = np.array([t[1] for t in M.LABS])
+        units = loinc.loc[lab_codes, "unit"].tolist()
+        k = len(L["enc"])
+        width = max(6, len(str(k)))
+        obs_ids = fmt.prefixed_ids("obs-", np.arange(1, k + 1), width)
+        value_text = _fixed_by_decimals(L["value"], decimals[L["test"]])
+        low = loinc.loc[lab_codes, "ref_low"].to_numpy()
+        high = loinc.loc[lab_codes, "ref_high"].to_numpy()
+        low_txt = [_num(x, 2) for x in low]
+        high_txt = [_num(x, 2) for x in high]
+        cols = {
+            "id": fmt.prefixed_ids('"obs-', np.arange(1, k + 1), width, '"'),
+            "subject": fmt.prefixed_ids('"Patient/MRN', E["pat"][L["enc"]] + 1, 7, '"'),
+            "encounter": fmt.prefixed_ids('"Encounter/ENC', L["enc"] + 1, 9, '"'),
+            "code": fmt.pick(lab_codes, L["test"], json=True),
+            "display": fmt.pick(loinc.loc[lab_codes, "name"].tolist(), L["test"], json=True),
+            "effective": fmt.timestamps(L["ts"], 'Z"', '"'),
+            "value": value_text,
+            "unit": fmt.pick(units, L["test"], json=True),
+            "low": fmt.pick(low_txt, L["test"]),
+            "high": fmt.pick(high_txt, L["test"]),
+        }
+        return Frame(cols, L["ts"] // M.DAY - d0, L["ts"], obs_ids,
+                                            {"test": L["test"], "value": L["value"]})
 
-    # --- medications (FHIR MedicationRequest) -----------------------------------------------
-    R = world.meds
-    rx = load_code_table("rxnorm")
-    k = len(R["enc"])
-    width = max(6, len(str(k)))
-    med_ids = fmt.prefixed_ids("medrx-", np.arange(1, k + 1), width)
-    dose = [_num(x, 3) for x in rx["dose_value"]]
-    dose_text = [f"{d} {u} {f}" for d, u, f in zip(dose, rx["dose_unit"], rx["frequency"])]
-    start_day = R["ts"] // M.DAY
-    cols = {
-        "id": fmt.prefixed_ids('"medrx-', np.arange(1, k + 1), width, '"'),
-        "status": fmt.pick(["active", "completed", "stopped"], R["status"], json=True),
-        "subject": fmt.prefixed_ids('"Patient/MRN', enc_pat[R["enc"]] + 1, 7, '"'),
-        "encounter": fmt.prefixed_ids('"Encounter/ENC', R["enc"] + 1, 9, '"'),
-        "code": fmt.pick(rx["code"].tolist(), R["drug"], json=True),
-        "display": fmt.pick(rx["name"].tolist(), R["drug"], json=True),
-        "authored": fmt.timestamps(R["ts"], 'Z"', '"'),
-        "dose_text": fmt.pick(dose_text, R["drug"], json=True),
-        "dose": fmt.pick(dose, R["drug"]),
-        "dose_unit": fmt.pick(rx["dose_unit"].tolist(), R["drug"], json=True),
-        "start": fmt.dates(start_day, '"'),
-        "end": fmt.dates(start_day + R["days"], '"'),
-    }
-    frames["fhir_medications"] = Frame(cols, R["ts"] // M.DAY - d0, R["ts"], med_ids)
+    def medications() -> Frame:
+        # --- medications (FHIR MedicationRequest) -----------------------------------------------
+        R = world.meds
+        rx = load_code_table("rxnorm")
+        k = len(R["enc"])
+        width = max(6, len(str(k)))
+        med_ids = fmt.prefixed_ids("medrx-", np.arange(1, k + 1), width)
+        dose = [_num(x, 3) for x in rx["dose_value"]]
+        dose_text = [f"{d} {u} {f}" for d, u, f in zip(dose, rx["dose_unit"], rx["frequency"])]
+        start_day = R["ts"] // M.DAY
+        cols = {
+            "id": fmt.prefixed_ids('"medrx-', np.arange(1, k + 1), width, '"'),
+            "status": fmt.pick(["active", "completed", "stopped"], R["status"], json=True),
+            "subject": fmt.prefixed_ids('"Patient/MRN', E["pat"][R["enc"]] + 1, 7, '"'),
+            "encounter": fmt.prefixed_ids('"Encounter/ENC', R["enc"] + 1, 9, '"'),
+            "code": fmt.pick(rx["code"].tolist(), R["drug"], json=True),
+            "display": fmt.pick(rx["name"].tolist(), R["drug"], json=True),
+            "authored": fmt.timestamps(R["ts"], 'Z"', '"'),
+            "dose_text": fmt.pick(dose_text, R["drug"], json=True),
+            "dose": fmt.pick(dose, R["drug"]),
+            "dose_unit": fmt.pick(rx["dose_unit"].tolist(), R["drug"], json=True),
+            "start": fmt.dates(start_day, '"'),
+            "end": fmt.dates(start_day + R["days"], '"'),
+        }
+        return Frame(cols, R["ts"] // M.DAY - d0, R["ts"], med_ids)
 
-    # --- claims -----------------------------------------------------------------------------
-    C = world.claims
-    lc = C["line_claim"]
-    enc_of_line = C["enc"][lc]
-    claim_ids = fmt.prefixed_ids("CLM", C["enc"] + 1, 9)     # one claim per encounter
-    line_claim_id = pc.take(claim_ids, pa.array(lc))
-    status = C["status"][lc]
-    pending = status == 2
-    denial = C["denial"][lc]
-    adjudicated = C["adjudicated"][lc]
-    cols = {
-        "claim_id": line_claim_id,
-        "line_number": fmt.integers(C["line_no"]),
-        "encounter_id": pc.take(enc_ids, pa.array(enc_of_line)),
-        "mrn": pc.take(mrn_of_enc, pa.array(enc_of_line)),
-        "payer_id": fmt.pick(payer_ids, E["payer"][enc_of_line]),
-        "service_date": fmt.dates(E["admit"][enc_of_line] // M.DAY),
-        "cpt_code": pa.array(C["code"], pa.string()),
-        "units": fmt.integers(C["units"]),
-        "billed_amount": fmt.scaled_integers(C["billed"], 2),
-        "allowed_amount": _empty_if(fmt.scaled_integers(C["allowed"], 2), pending),
-        "paid_amount": _empty_if(fmt.scaled_integers(C["paid"], 2), pending),
-        "claim_status": fmt.pick(M.CLAIM_STATUSES, status),
-        "denial_reason": _empty_if(fmt.pick(M.DENIAL_REASONS, np.maximum(denial, 0)),
-                                   denial < 0),
-        "adjudication_date": fmt.dates(adjudicated),
-    }
-    key = pc.binary_join_element_wise(line_claim_id, cols["line_number"], ":")
-    # sort time: adjudication day, then claim and line order
-    sort_ts = adjudicated * M.DAY + (np.arange(len(lc)) % M.DAY)
-    frames["payer_claims"] = Frame(cols, adjudicated - d0, sort_ts, key)
-    return frames
+    def claims() -> Frame:
+        # --- claims -----------------------------------------------------------------------------
+        C = world.claims
+        m = len(E["pat"])
+        enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
+        mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
+        lc = C["line_claim"]
+        enc_of_line = C["enc"][lc]
+        claim_ids = fmt.prefixed_ids("CLM", C["enc"] + 1, 9)     # one claim per encounter
+        line_claim_id = pc.take(claim_ids, pa.array(lc))
+        status = C["status"][lc]
+        pending = status == 2
+        denial = C["denial"][lc]
+        adjudicated = C["adjudicated"][lc]
+        cols = {
+            "claim_id": line_claim_id,
+            "line_number": fmt.integers(C["line_no"]),
+            "encounter_id": pc.take(enc_ids, pa.array(enc_of_line)),
+            "mrn": pc.take(mrn_of_enc, pa.array(enc_of_line)),
+            "payer_id": fmt.pick(payer_ids, E["payer"][enc_of_line]),
+            "service_date": fmt.dates(E["admit"][enc_of_line] // M.DAY),
+            "cpt_code": pa.array(C["code"], pa.string()),
+            "units": fmt.integers(C["units"]),
+            "billed_amount": fmt.scaled_integers(C["billed"], 2),
+            "allowed_amount": _empty_if(fmt.scaled_integers(C["allowed"], 2), pending),
+            "paid_amount": _empty_if(fmt.scaled_integers(C["paid"], 2), pending),
+            "claim_status": fmt.pick(M.CLAIM_STATUSES, status),
+            "denial_reason": _empty_if(fmt.pick(M.DENIAL_REASONS, np.maximum(denial, 0)),
+                                       denial < 0),
+            "adjudication_date": fmt.dates(adjudicated),
+        }
+        key = pc.binary_join_element_wise(line_claim_id, cols["line_number"], ":")
+        # sort time: adjudication day, then claim and line order
+        sort_ts = adjudicated * M.DAY + (np.arange(len(lc)) % M.DAY)
+        return Frame(cols, adjudicated - d0, sort_ts, key)
+    return {"ehr_patients": patients, "ehr_encounters": encounters,
+            "fhir_observations": observations, "fhir_medications": medications,
+            "payer_claims": claims}
 
 
 def _num(x: float, decimals: int) -> str:
@@ -819,7 +830,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
 
     world = M.simulate(patients, days, seed, start_date, readmission_rate)
     bar.update(1)
-    frames = build_frames(world)
+    builders = frame_builders(world)
     bar.update(1)
     day_names = (np.datetime64(start_date, "D") + np.arange(days)).astype(str)
 
@@ -871,7 +882,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
     for source, entity in ENTITY_OF_SOURCE.items():
         spec = sources[source]
         rng = source_rngs[entity]
-        planter = DefectPlanter(source, frames[source], rng, days, world.start_day, defect_rate,
+        planter = DefectPlanter(source, builders[source](), rng, days, world.start_day, defect_rate,
                                 patients, len(world.encounters["pat"]), provider_npis)
         frame = planter.run()
         is_csv = spec["format"] == "csv"
@@ -943,6 +954,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
                                 "file": rel, "line": int(line_no[i]), "record_key": keys[i],
                                 "column": str(column[i]) or None})
         rows_per_entity[entity] = len(batch)
+        del frame, parts, store, lines, planter       # free this source before the next one
         bar.update(1)
 
     defect_counts: dict[str, int] = {}
