@@ -406,8 +406,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         if generator.get("result"):
             lines += ["| metric | value |", "|---|---:|"]
             for key, value in generator["result"].items():
-                shown = f"{value:,.1f}" if isinstance(value, float) else (
-                    f"{value:,}" if isinstance(value, int) else str(value))
+                if isinstance(value, bool):
+                    shown = "yes" if value else "no"
+                elif isinstance(value, float):
+                    shown = f"{value:,.1f}"
+                elif isinstance(value, int):
+                    shown = f"{value:,}"
+                else:
+                    shown = str(value)
                 lines.append(f"| {key} | {shown} |")
             lines.append(f"| process wall s / peak RSS MB | {generator['wall_s']} / "
                          f"{_mb(generator['peak_rss_mb'])} |")
