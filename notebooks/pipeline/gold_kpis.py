@@ -5,8 +5,10 @@ so each KPI has exactly one definition: the function named after it.
 """
 
 from pyspark import pipelines as dp
+from pyspark.sql import functions as F
 
 from utils import gold
+from utils.pipelines.medallion import AS_OF_COLUMN, with_reference_date
 
 
 def silver(name: str):
@@ -52,16 +54,19 @@ def gold_abnormal_lab_rate():
     return gold.abnormal_lab_rate(silver("lab_results"))
 
 
+# Ages are taken at the reference date (the last day of the encounters). The notebooks compute
+# it with gold.reference_date, a query returning a date; a pipeline must not query its own
+# datasets while it is planned, so the date is joined to the patients as a column.
+
+
 @dp.materialized_view(comment=title("chronic_condition_prevalence"))
 def gold_chronic_condition_prevalence():
-    patients, diagnoses, encounters = silver("patients"), silver("diagnoses"), silver("encounters")
-    # reference_date runs a query: ages are taken at the last day of the encounters
-    return gold.chronic_condition_prevalence(patients, diagnoses, gold.reference_date(encounters))
+    patients = with_reference_date(silver("patients"), silver("encounters"))
+    return gold.chronic_condition_prevalence(patients, silver("diagnoses"), F.col(AS_OF_COLUMN))
 
 
 @dp.materialized_view(comment=title("patient_summary"))
 def gold_patient_summary():
-    patients, encounters, diagnoses = silver("patients"), silver("encounters"), silver("diagnoses")
-    claims, payers = silver("claims"), silver("payers")
-    return gold.patient_summary(patients, encounters, diagnoses, claims, payers,
-                                gold.reference_date(encounters))
+    patients = with_reference_date(silver("patients"), silver("encounters"))
+    return gold.patient_summary(patients, silver("encounters"), silver("diagnoses"),
+                                silver("claims"), silver("payers"), F.col(AS_OF_COLUMN))

@@ -15,6 +15,7 @@ here; everything else (parsing, rules, dedupe, SCD2 columns, KPIs) is imported f
   contract's ``silver.patients`` (``valid_from``, ``valid_to``, ``is_current``, ``is_deleted``).
 * :func:`stage_landing` - copy the landing zone's batch days up to a date into the pipeline's
   own landing folder, to replay "a new day arrives" (notebook 07).
+* :func:`with_reference_date` - gold's reference date as a column (no query while planning).
 * :func:`with_expectations` - a list of :class:`utils.expectations.Expectation` as pipeline
   expectation decorators (native on Databricks, the local shim elsewhere).
 """
@@ -151,6 +152,26 @@ def scd2_to_contract(scd2: "DataFrame") -> "DataFrame":
     )
     zero_length = (F.col("valid_to") == F.col("valid_from")) & ~F.col("is_deleted")
     return versions.filter(~F.coalesce(zero_length, F.lit(False))).select(*columns)
+
+
+AS_OF_COLUMN = "__as_of"
+
+
+def with_reference_date(patients: "DataFrame", encounters: "DataFrame") -> "DataFrame":
+    """``patients`` plus the column ``__as_of``: ``utils.gold.reference_date`` as a column.
+
+    ``utils.gold.reference_date`` runs a query and returns a Python date. A pipeline's query
+    functions should not run queries on the pipeline's own datasets while the graph is planned
+    (on Databricks those datasets are not readable yet), so the same date (the last day present
+    in the encounters: latest admit or discharge date) is joined in as a column instead;
+    ``utils.gold`` takes ``as_of`` through ``F.lit``, which accepts a column. The equality test
+    of tests/test_pipelines.py checks both give the same gold rows.
+    """
+    from pyspark.sql import functions as F
+
+    as_of = encounters.agg(F.greatest(F.max(F.to_date("admit_ts")),
+                                      F.max(F.to_date("discharge_ts"))).alias(AS_OF_COLUMN))
+    return patients.crossJoin(as_of)
 
 
 def with_expectations(rules: Iterable[Expectation]) -> Callable[[Callable[..., Any]], Callable]:
