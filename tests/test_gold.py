@@ -296,6 +296,15 @@ def test_age_band_at_reference_date(spark):
         (75, "75+"), (74, "65-74"), (25, "18-44"), (18, "18-44"), (17, "0-17"), (None, "unknown")]
 
 
+def test_as_of_can_be_a_column(spark):
+    from pyspark.sql import functions as F
+
+    births = typed(spark, {"b": "date"}, [("1950-04-01",), ("1950-03-31",)])
+    with_ref = births.withColumn("ref", F.lit(AS_OF))
+    got = with_ref.select(gold.age_band("b", F.col("ref")).alias("band")).orderBy("band")
+    assert [r.band for r in got.collect()] == ["65-74", "75+"]
+
+
 def population(spark):
     """Current patients at AS_OF = 2025-03-31 (K6 deleted; K1 also has an older version):
     K1 F 1950-04-01 -> 74 (65-74)   K2 F 1950-03-31 -> 75 (75+)   K3 M 1990-06-15 -> 34 (18-44)

@@ -31,6 +31,9 @@ from utils.contracts import accepted_values, load_contracts
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
+    #: The reference date of ages: a date, or a DATE column holding it.
+    AsOf = dt.date | Column
+
 DICTIONARY_PATH = REPO_ROOT / "docs" / "data_dictionary.md"
 
 #: Age bands (lower bound in whole years, label), youngest first. Labels sort in band order.
@@ -125,17 +128,21 @@ def rate(numerator: Column | str, denominator: Column | str,
                                    decimals))
 
 
-def age_in_years(birth_date: Column | str, as_of: dt.date) -> Column:
-    """Whole years between ``birth_date`` and ``as_of`` (birthday not reached yet: one less)."""
+def age_in_years(birth_date: Column | str, as_of: AsOf) -> Column:
+    """Whole years between ``birth_date`` and ``as_of`` (birthday not reached yet: one less).
+
+    ``as_of`` is a date, or a DATE column (the declarative pipeline joins the reference date
+    in as a column instead of querying it while the graph is planned).
+    """
     from pyspark.sql import functions as F
 
     birth = F.col(birth_date) if isinstance(birth_date, str) else birth_date
-    ref = F.lit(as_of)
+    ref = F.lit(as_of)  # a Column passes through unchanged
     not_yet = F.date_format(ref, "MMdd") < F.date_format(birth, "MMdd")
     return F.year(ref) - F.year(birth) - F.when(not_yet, 1).otherwise(0)
 
 
-def age_band(birth_date: Column | str, as_of: dt.date) -> Column:
+def age_band(birth_date: Column | str, as_of: AsOf) -> Column:
     """The age band label (``AGE_BANDS``) at ``as_of``; 'unknown' without a birth date."""
     from pyspark.sql import functions as F
 
@@ -378,7 +385,7 @@ def abnormal_lab_rate(lab_results: DataFrame) -> DataFrame:
     return conform(out, "abnormal_lab_rate").orderBy("loinc_code", "month")
 
 
-def _patient_population(patients: DataFrame, as_of: dt.date) -> DataFrame:
+def _patient_population(patients: DataFrame, as_of: AsOf) -> DataFrame:
     """Current patients with ``age_band`` at ``as_of`` and ``sex`` ('U' when missing)."""
     from pyspark.sql import functions as F
 
@@ -389,7 +396,7 @@ def _patient_population(patients: DataFrame, as_of: dt.date) -> DataFrame:
 
 
 def chronic_condition_prevalence(patients: DataFrame, diagnoses: DataFrame,
-                                 as_of: dt.date) -> DataFrame:
+                                 as_of: AsOf) -> DataFrame:
     """``gold.chronic_condition_prevalence``: share of current patients with each condition."""
     from pyspark.sql import functions as F
 
@@ -411,7 +418,7 @@ def chronic_condition_prevalence(patients: DataFrame, diagnoses: DataFrame,
 
 
 def patient_summary(patients: DataFrame, encounters: DataFrame, diagnoses: DataFrame,
-                    claims: DataFrame, payers: DataFrame, as_of: dt.date) -> DataFrame:
+                    claims: DataFrame, payers: DataFrame, as_of: AsOf) -> DataFrame:
     """``gold.patient_summary``: one row per current patient, keyed by the hashed patient_key."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
