@@ -36,7 +36,11 @@ Sail notes (measured with pysail 0.7.2): ``from_csv`` ignores CSV quoting (``"a,
 in two) and fails the whole query when a line has fewer or more fields than the schema, so
 CSV lines are split with Python's ``csv`` module in a pandas UDF (the same RFC 4180 rules on
 every engine). ``from_json`` on malformed JSON returns a struct of NULLs, not NULL: a line
-is valid JSON when ``from_json(value, 'map<string,string>')`` is not NULL.
+is valid JSON when ``from_json(value, 'map<string,string>')`` is not NULL. A filter on a
+column computed with a SQL lambda (``transform``, ``filter``, ``map_filter``, ``forall``,
+``aggregate``) over a catalog table fails ("No field named bronze.<table>.<column>"), so no
+rule or parsed column uses one. ``cache()`` is a no-op (a cached frame is recomputed on every
+action), so :func:`build_silver` stages the parsed frame as a scratch Delta table.
 """
 
 from __future__ import annotations
