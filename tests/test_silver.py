@@ -81,6 +81,18 @@ def test_parse_csv_maps_columns_by_header_and_rescues_drift(spark):
     ]
 
 
+def test_parse_json_flags_broken_lines_and_rescues_unknown_keys(spark):
+    lines = ['{"resourceType":"Observation","id":"obs-1","meta":{"v":1}}',
+             '{"resourceType":"Observation","id":"obs-2"',          # cut short
+             '{"resourceType":"Observation","id":"obs-3"} trailing',
+             '[1, 2]']
+    parsed = S.parse_lab_results(bronze(spark, lines, first_line=1))
+    got = parsed.select("_line_number", "observation_id", "_record_complete", "_rescued_data")
+    assert [tuple(r) for r in got.orderBy("_line_number").collect()] == [
+        (1, "obs-1", True, '{"meta":{"v":1}}'), (2, None, False, None), (3, None, False, None),
+        (4, None, False, None)]
+
+
 def test_standardization_helpers(spark):
     df = spark.createDataFrame([(" Inpatient ", " e119 ", "  "), ("EMERGENCY", "I10", "x"),
                                 (None, "e11.65", None)], "cls string, dx string, s string")
