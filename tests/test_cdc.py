@@ -292,6 +292,20 @@ def test_build_patients_end_to_end_balances_and_replays_as_noop(spark, data_dir)
     assert [name for name, m in replay.merges.items() if m.committed] == ["dq_metrics"]
     assert spark.table("silver.dq_metrics").select("run_id").distinct().count() == 2
 
+    # a reset drops the patient tables and only the patients' rows of the shared logs
+    from utils.cdc import reset_patient_tables
+
+    spark.sql("INSERT INTO silver.dedup_log VALUES ('claims', 'X', 'exact', 'f.csv', 3, "
+              "DATE'2025-01-01', 'f.csv', 2, DATE'2025-01-01', 'line')")
+    assert reset_patient_tables(spark) == [
+        "silver.patient_changes", "silver.patients", "silver.patients_current",
+        "silver.patients_restricted", "silver.quarantine_patients"]
+    assert [tuple(r) for r in spark.table("silver.dedup_log").select("entity", "key").collect()] == [
+        ("claims", "X")]
+    assert spark.table("silver.dq_metrics").count() == 0
+    again = build_patients(spark, run_id="r3")
+    assert (again.scd2.changes_added, again.merges["patients"].inserted) == (5, 4)
+
 
 # ----- a generated dataset: every planted patient defect is caught as the contract says ----------
 def test_generated_patient_defects_are_caught_as_the_contract_says(spark, data_dir):

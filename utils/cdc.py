@@ -643,6 +643,36 @@ def _build(spark: "SparkSession", report: PatientsReport, bronze_df: "DataFrame"
     report.duplicates = spark.table(TABLES["dedup_log"]).where(F.col("entity") == ENTITY).count()
 
 
+def reset_patient_tables(spark: "SparkSession") -> list[str]:
+    """Drop the silver tables this module owns and delete the patients' rows of the shared
+    ``silver.dedup_log`` / ``silver.dq_metrics``; return the dropped table names, sorted.
+
+    For demos that replay the timeline from the first batch (notebook 04): re-running the
+    notebook then shows the same versions and row counts instead of "nothing to do".
+    """
+    import shutil
+
+    from utils.config import get_config
+    from utils.tables import is_delta_table
+
+    config = get_config()
+    dropped = []
+    for key in ("changes", "patients", "current", "restricted", "quarantine"):
+        name = TABLES[key]
+        layer, table = _split_name(name)
+        spark.sql(f"DROP TABLE IF EXISTS {_sql_name(name)}")
+        path = config.table_path(layer, table)
+        if path is not None and path.exists():
+            shutil.rmtree(path)
+        dropped.append(name)
+    for key, column in (("dedup_log", "entity"), ("dq_metrics", "dataset")):
+        layer, table = _split_name(TABLES[key])
+        path = config.table_path(layer, table)
+        if config.databricks or (path is not None and is_delta_table(path)):
+            spark.sql(f"DELETE FROM {_sql_name(TABLES[key])} WHERE {column} = '{ENTITY}'")
+    return sorted(dropped)
+
+
 def late_changes(changes: "DataFrame") -> "DataFrame":
     """Changes delivered in a batch after the day they happened (``late_arriving``).
 
