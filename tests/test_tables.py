@@ -44,3 +44,15 @@ def test_tables_get_course_properties(spark, data_dir):
         assert conf["delta.checkpointInterval"] == "100"
     found = [(layer, table) for layer, table, _ in existing_tables()]
     assert found == [("gold", "props"), ("gold", "written")]
+
+
+def test_registration_follows_a_change_of_data_root(spark, tmp_path, monkeypatch):
+    """The catalog outlives COURSE_DATA_DIR; the name must follow the configured location."""
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "first"))
+    write_table(spark.createDataFrame([(1,)], "id INT"), "silver", "moves")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "second"))
+    write_table(spark.createDataFrame([(2,), (3,)], "id INT"), "silver", "moves")
+    assert sorted(r.id for r in spark.table("silver.moves").collect()) == [2, 3]
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "first"))
+    assert register_course_tables(spark) == ["silver.moves"]
+    assert [r.id for r in spark.table("silver.moves").collect()] == [1]

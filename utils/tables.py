@@ -46,6 +46,29 @@ def _properties_sql(properties: dict[str, str]) -> str:
     return ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
 
 
+def registered_location(spark: "SparkSession", name: str) -> str | None:
+    """Where the session's catalog says table ``name`` lives, or None if it is not registered."""
+    try:
+        rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
+    except Exception:  # noqa: BLE001 - the name is not registered in this session
+        return None
+    location = next((row[1] for row in rows if row[0] == "Location"), None)
+    return location.removeprefix("file://") if location else None
+
+
+def forget_if_elsewhere(spark: "SparkSession", name: str, path: Path) -> None:
+    """Drop the session's name ``name`` when it points at another location than ``path``.
+
+    A session's catalog outlives a change of data root (a notebook that switches
+    ``COURSE_DATA_DIR``, pytest's per-test folders sharing one session), and
+    ``CREATE TABLE IF NOT EXISTS`` would keep the old location. The course's tables are all
+    external (created with LOCATION), so dropping the name leaves the files where they are.
+    """
+    location = registered_location(spark, name)
+    if location is not None and location.rstrip("/") != str(path).rstrip("/"):
+        spark.sql(f"DROP TABLE IF EXISTS {name}")
+
+
 def register_table(spark: "SparkSession", layer: str, table: str,
                    config: CourseConfig | None = None) -> str:
     """Make ``<layer>.<table>`` resolvable in this session (idempotent). Returns its name."""
@@ -54,6 +77,7 @@ def register_table(spark: "SparkSession", layer: str, table: str,
     if config.databricks:
         return name
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+    forget_if_elsewhere(spark, name, config.table_path(layer, table))
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS {name} USING delta "
         f"LOCATION {_sql_string(config.table_path(layer, table))}"
@@ -119,6 +143,7 @@ def create_table_if_missing(spark: "SparkSession", layer: str, table: str, schem
         return config.table_name(layer, table)
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
     name = config.table_name(layer, table)
+    forget_if_elsewhere(spark, name, config.table_path(layer, table))
     spark.sql(
         f"CREATE TABLE IF NOT EXISTS {name} ({schema_ddl}) USING delta{partition_sql} "
         f"LOCATION {_sql_string(config.table_path(layer, table))}{props}"
