@@ -56,3 +56,13 @@ def test_registration_follows_a_change_of_data_root(spark, tmp_path, monkeypatch
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "first"))
     assert register_course_tables(spark) == ["silver.moves"]
     assert [r.id for r in spark.table("silver.moves").collect()] == [1]
+
+
+def test_a_removed_table_is_created_again_not_left_dangling(spark, data_dir):
+    import shutil
+
+    create_table_if_missing(spark, "bronze", "gone", "id INT")
+    shutil.rmtree(get_config().table_path("bronze", "gone"))
+    create_table_if_missing(spark, "bronze", "gone", "id INT")  # a reset removed the folder
+    assert (get_config().table_path("bronze", "gone") / "_delta_log").is_dir()
+    assert spark.table("bronze.gone").count() == 0

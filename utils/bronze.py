@@ -412,30 +412,8 @@ def ensure_bronze_tables(spark: "SparkSession", entities: Iterable[str] | None =
     wanted = [(e, BRONZE_SCHEMA_DDL) for e in (entities if entities is not None else ENTITY_SPECS)]
     names = []
     for table, ddl in [*wanted, (EMPTY_FILES_TABLE, EMPTY_FILES_SCHEMA_DDL)]:
-        _forget_stale_name(spark, table, config)
         names.append(create_table_if_missing(spark, LAYER, table, ddl, config=config))
     return names
-
-
-def _forget_stale_name(spark: "SparkSession", table: str, config: CourseConfig) -> None:
-    """Drop a session name ``bronze.<table>`` that points at another data root.
-
-    A session's catalog outlives a change of data root (pytest's per-test data folders share
-    one session), and ``CREATE TABLE IF NOT EXISTS`` keeps the old location. The name of an
-    external table is dropped (Sail keeps its files) so it can be created at the right place.
-    """
-    if config.databricks:
-        return
-    name = config.table_name(LAYER, table)
-    try:
-        rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
-    except Exception:  # noqa: BLE001 - not registered in this session yet
-        return
-    location = next((r[1] for r in rows if r[0] == "Location"), None)
-    path = config.table_path(LAYER, table)
-    if location is not None and (location.removeprefix("file://") != str(path)
-                                 or not is_delta_table(path)):
-        spark.sql(f"DROP TABLE IF EXISTS {name}")
 
 
 def reset_bronze(spark: "SparkSession", config: CourseConfig | None = None) -> list[str]:

@@ -57,7 +57,8 @@ def registered_location(spark: "SparkSession", name: str) -> str | None:
 
 
 def forget_if_elsewhere(spark: "SparkSession", name: str, path: Path) -> None:
-    """Drop the session's name ``name`` when it points at another location than ``path``.
+    """Drop the session's name ``name`` when it points at another location than ``path``, or
+    at a folder that is no longer a Delta table (removed by a reset).
 
     A session's catalog outlives a change of data root (a notebook that switches
     ``COURSE_DATA_DIR``, pytest's per-test folders sharing one session), and
@@ -65,7 +66,8 @@ def forget_if_elsewhere(spark: "SparkSession", name: str, path: Path) -> None:
     external (created with LOCATION), so dropping the name leaves the files where they are.
     """
     location = registered_location(spark, name)
-    if location is not None and location.rstrip("/") != str(path).rstrip("/"):
+    if location is not None and (location.rstrip("/") != str(path).rstrip("/")
+                                 or not is_delta_table(path)):
         spark.sql(f"DROP TABLE IF EXISTS {name}")
 
 
