@@ -69,3 +69,17 @@ def test_metrics_frame_shape(spark, df):
     frame = metrics_frame(spark, result.metrics, run_id="r1", dataset="encounters")
     assert [tuple(r) for r in frame.collect()] == [
         ("r1", "encounters", None, "charge_positive", "drop", "charge >= 0", 2, 2)]
+
+
+def test_group_by_gives_per_group_metrics_in_the_same_pass(spark):
+    df = spark.createDataFrame(
+        [("2025-01-02", 1.0), ("2025-01-01", -1.0), ("2025-01-01", 2.0), (None, None)],
+        "batch STRING, charge DOUBLE")
+    result = apply_expectations(df, [Expectation("charge_positive", "charge >= 0", "drop")],
+                                group_by="batch")
+    per_group = {group: [(m.passed, m.failed) for m in metrics]
+                 for group, metrics in result.group_metrics.items()}
+    assert list(per_group) == ["2025-01-01", "2025-01-02", None]  # sorted, NULL last
+    assert per_group == {"2025-01-01": [(1, 1)], "2025-01-02": [(1, 0)], None: [(0, 1)]}
+    assert [(m.passed, m.failed) for m in result.metrics] == [(2, 2)]
+    assert result.valid.count() == 2

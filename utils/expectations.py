@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -80,6 +80,9 @@ class ExpectationResult:
     valid: "DataFrame"
     quarantined: "DataFrame"
     metrics: list[RuleMetric] = field(default_factory=list)
+    #: With ``group_by``: the same metrics per group value (e.g. per batch date), groups sorted
+    #: with NULL last, rules in the order given.
+    group_metrics: dict[Any, list[RuleMetric]] = field(default_factory=dict)
 
     @property
     def total_rows(self) -> int:
@@ -95,12 +98,14 @@ def _check_names(rules: list[Expectation]) -> None:
 
 
 def apply_expectations(df: "DataFrame", rules: Iterable[Expectation],
-                       sample_order: Iterable[str] | None = None) -> ExpectationResult:
+                       sample_order: Iterable[str] | None = None,
+                       group_by: str | None = None) -> ExpectationResult:
     """Evaluate ``rules`` on ``df``: count, split valid from quarantined, or fail.
 
-    One aggregation computes every rule's failures (one pass over the data). ``sample_order``
-    names the columns that order the sample record of a failed ``fail`` rule, so the error
-    message is deterministic.
+    One aggregation computes every rule's failures (one pass over the data); with
+    ``group_by`` (a column, e.g. the batch date) that same pass also gives the metrics per
+    group, for data-quality tables kept per batch. ``sample_order`` names the columns that
+    order the sample record of a failed ``fail`` rule, so the error message is deterministic.
     """
     from pyspark.sql import functions as F
 
@@ -109,22 +114,38 @@ def apply_expectations(df: "DataFrame", rules: Iterable[Expectation],
     columns = df.columns
     if not rules:
         empty = df.limit(0).withColumn(FAILED_RULES_COLUMN, F.array().cast("array<string>"))
-        return ExpectationResult(df, empty, [])
+        return ExpectationResult(df, empty, [], {})
 
     flags = [F.coalesce(F.expr(rule.condition).cast("boolean"), F.lit(False)) for rule in rules]
     flag_names = [f"__ok_{i}" for i in range(len(rules))]
     flagged = df.select(*[F.col(c) for c in columns],
                         *[flag.alias(name) for flag, name in zip(flags, flag_names)])
 
-    counts = flagged.agg(
-        F.count(F.lit(1)).alias("__rows"),
-        *[F.sum(F.when(~F.col(name), 1).otherwise(0)).alias(name) for name in flag_names],
-    ).first()
-    total = int(counts["__rows"])
-    metrics = []
-    for rule, name in zip(rules, flag_names):
-        failed = int(counts[name] or 0)
-        metrics.append(RuleMetric(rule.name, rule.action, rule.condition, total - failed, failed))
+    aggregates = [F.count(F.lit(1)).alias("__rows"),
+                  *[F.sum(F.when(~F.col(name), 1).otherwise(0)).alias(name) for name in flag_names]]
+    if group_by is None:
+        group_rows = [(None, flagged.agg(*aggregates).first())]
+    else:
+        collected = flagged.groupBy(F.col(group_by).alias("__group")).agg(*aggregates).collect()
+        group_rows = sorted(((row["__group"], row) for row in collected),
+                            key=lambda item: (item[0] is None, item[0]))
+
+    def metrics_of(counts: Any) -> list[RuleMetric]:
+        rows = int(counts["__rows"]) if counts is not None else 0
+        return [RuleMetric(rule.name, rule.action, rule.condition,
+                           rows - int(counts[name] or 0) if counts is not None else 0,
+                           int(counts[name] or 0) if counts is not None else 0)
+                for rule, name in zip(rules, flag_names)]
+
+    per_group = {group: metrics_of(counts) for group, counts in group_rows}
+    if group_by is None:
+        metrics = per_group[None]
+        per_group = {}
+    else:
+        metrics = [RuleMetric(rule.name, rule.action, rule.condition,
+                              sum(g[i].passed for g in per_group.values()),
+                              sum(g[i].failed for g in per_group.values()))
+                   for i, rule in enumerate(rules)]
 
     for rule, name, metric in zip(rules, flag_names, metrics):
         if rule.action == "fail" and metric.failed:
@@ -144,7 +165,7 @@ def apply_expectations(df: "DataFrame", rules: Iterable[Expectation],
     valid = flagged.filter(keep).select(*columns)
     quarantined = (flagged.filter(~keep)
                    .select(*[F.col(c) for c in columns], failed_rules.alias(FAILED_RULES_COLUMN)))
-    return ExpectationResult(valid, quarantined, metrics)
+    return ExpectationResult(valid, quarantined, metrics, per_group)
 
 
 METRICS_SCHEMA = ("run_id STRING, dataset STRING, batch_date DATE, rule STRING, action STRING, "

@@ -55,6 +55,7 @@ from utils.expectations import (
     FAILED_RULES_COLUMN,
     METRICS_SCHEMA,
     Expectation,
+    ExpectationResult,
     RuleMetric,
     apply_expectations,
 )
@@ -1153,25 +1154,17 @@ class CleanseResult:
 
 def metrics_by_batch(df: "DataFrame", rules: list[Expectation],
                      batch_col: str = "_batch_date") -> list[tuple[Any, RuleMetric]]:
-    """(batch, RuleMetric) per batch and rule, evaluated by the expectations engine.
+    """(batch, RuleMetric) per batch and rule, sorted by batch then rule order."""
+    result = apply_expectations(df, [Expectation(r.name, r.condition, "warn") for r in rules],
+                                group_by=batch_col)
+    return batch_metric_rows(result, rules)
 
-    Every rule is evaluated once as ``drop`` so each failing row lists all the rules it failed;
-    counting those names per batch gives failed, the batch's rows minus failed gives passed.
-    """
-    from pyspark.sql import functions as F
 
-    probe = apply_expectations(df, [Expectation(r.name, r.condition, "drop") for r in rules])
-    failed = {(row[0], row[1]): int(row[2]) for row in
-              probe.quarantined.select(batch_col, F.explode(FAILED_RULES_COLUMN).alias("rule"))
-              .groupBy(batch_col, "rule").count().collect()}
-    totals = {row[0]: int(row[1]) for row in df.groupBy(batch_col).count().collect()}
-    out = []
-    for batch in sorted(totals, key=lambda b: (b is None, b)):
-        for rule in rules:
-            bad = failed.get((batch, rule.name), 0)
-            out.append((batch, RuleMetric(rule.name, rule.action, rule.condition,
-                                          totals[batch] - bad, bad)))
-    return out
+def batch_metric_rows(result: ExpectationResult, rules: list[Expectation]) -> list[tuple[Any, RuleMetric]]:
+    """Flatten ``result.group_metrics`` into (batch, RuleMetric) rows with the rules' own actions."""
+    actions = {rule.name: rule.action for rule in rules}
+    return [(batch, RuleMetric(m.rule, actions[m.rule], m.condition, m.passed, m.failed))
+            for batch, metrics in result.group_metrics.items() for m in metrics]
 
 
 def cleanse(entity: str, bronze_df: "DataFrame", refs: Mapping[str, "DataFrame"],
@@ -1188,14 +1181,14 @@ def cleanse(entity: str, bronze_df: "DataFrame", refs: Mapping[str, "DataFrame"]
     dedup = split_ranked(ranked)
     checked = with_references(entity, dedup.kept, refs)
     rules = rules if rules is not None else EXPECTATIONS[entity]()
-    result = apply_expectations(checked, rules, sample_order=list(ARRIVAL_ORDER))
+    result = apply_expectations(checked, rules, sample_order=list(ARRIVAL_ORDER), group_by="_batch_date")
     return CleanseResult(
         entity=entity,
         silver=silver_frame(entity, result.valid),
         quarantined=result.quarantined.select(*bronze_df.columns, FAILED_RULES_COLUMN),
         duplicates=dedup_log_frame(dedup.removed, entity, ENTITY_KEYS[entity]),
         metrics=result.metrics,
-        batch_metrics=metrics_by_batch(checked, rules),
+        batch_metrics=batch_metric_rows(result, rules),
         valid=result.valid,
     )
 
