@@ -80,13 +80,6 @@ LINEAGE_DDL = ", ".join(f"{name} {type_}" for name, type_ in LINEAGE_SCHEMA)
 #: Attributes of a patient version (no direct identifiers).
 VERSION_ATTRIBUTES: tuple[str, ...] = ("birth_date", "sex", "city", "state", "zip3", "payer_id")
 
-#: The pseudonymised change log, silver.patient_changes (one row per valid change record).
-PATIENT_CHANGES_DDL = (
-    "change_id STRING, operation STRING, change_ts TIMESTAMP, patient_key STRING, "
-    "birth_date DATE, sex STRING, city STRING, state STRING, zip3 STRING, payer_id STRING, "
-    + LINEAGE_DDL
-)
-
 #: Tables written by :func:`build_patients` (all in the silver layer).
 TABLES = {
     "changes": "silver.patient_changes",
@@ -118,7 +111,11 @@ def patients_ddl() -> str:
 
 def patients_current_ddl() -> str:
     """silver.patients_current: a current version without the SCD2 bookkeeping columns."""
-    return _contract_ddl("patients", skip=("valid_to", "is_current", "is_deleted"))
+    return _contract_ddl("patients_current")
+
+
+#: The pseudonymised change log, silver.patient_changes (one row per valid change record).
+PATIENT_CHANGES_DDL = _contract_ddl("patient_changes")
 
 
 def patients_restricted_ddl() -> str:
