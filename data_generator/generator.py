@@ -255,7 +255,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         for name in list(cols)[4:]:
             cols[name] = _empty_if(cols[name], ~live)
         day = ch["ts"] // M.DAY - d0
-        return Frame(cols, day, ch["ts"], cols["change_id"], {"op": op})
+        return Frame(cols, day, ch["ts"], cols["change_id"], {"op": op, "next_gap": _days_to_next_change(pat, ch["ts"])})
         # record id order follows change time, so change_id is increasing within the export
         # (the lexsort in the model already ordered the records by time)
 
@@ -474,6 +474,26 @@ def _truncate_csv(fields: list[str], rng: np.random.Generator) -> str:
     return ",".join(fields[:k]) + "," + partial
 
 
+def _days_to_next_change(pat: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Days from each change to the same patient's next change (-1 for a patient's last one).
+
+    A late change of a patient whose newer change is delivered first arrives truly out of
+    order: the case an SCD2 MERGE must place in history instead of making it current.
+    """
+    order = np.lexsort((ts, pat))
+    has_next = np.r_[pat[order][1:] == pat[order][:-1], False]
+    day = ts[order] // M.DAY                      # calendar days: batches are per day
+    gap = np.r_[day[1:] - day[:-1], 0]
+    result = np.full(len(pat), -1, dtype=np.int64)
+    result[order] = np.where(has_next, gap, -1)
+    return result
+
+
+#: A late patient change is chosen among updates whose next change follows within this many
+#: days, and delayed past it, so it arrives after a newer change of the same patient.
+OUT_OF_ORDER_MAX_GAP_DAYS = 5
+
+
 class DefectPlanter:
     """Plants the defects of one source into its frame and records them."""
 
@@ -500,6 +520,11 @@ class DefectPlanter:
                 ok &= op == 1                       # corrupt updates, never a patient's INSERT
         if defect == "late_arriving":
             ok &= f.batch <= self.days - 3
+            if self.source == "ehr_patients":
+                gap = f.extra["next_gap"]
+                out_of_order = ok & (gap >= 0) & (gap <= OUT_OF_ORDER_MAX_GAP_DAYS)
+                if out_of_order.any():
+                    ok = out_of_order
         if defect == "unit_mixup":
             ok &= f.extra["test"] == [t[0] for t in M.LABS].index(M.GLUCOSE)
         return np.flatnonzero(ok)
@@ -660,6 +685,8 @@ class DefectPlanter:
 
     def _late_arriving(self, rows, columns):
         delay = self.rng.integers(2, 8, len(rows))
+        if self.source == "ehr_patients":  # past the patient's newer change: out of order
+            delay = np.maximum(delay, self.f.extra["next_gap"][rows] + 1)
         self.f.batch[rows] = np.minimum(self.f.batch[rows] + delay, self.days - 1)
 
 

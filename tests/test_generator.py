@@ -548,3 +548,25 @@ def test_distributions_are_plausible(tmp_path):
 def test_default_parameters_are_the_course_dataset():
     assert DEFAULT_PARAMS == {"patients": 3000, "days": 60, "seed": 42, "defect_rate": 0.02,
                               "start_date": date(2025, 1, 1)}
+
+
+def test_late_patient_changes_arrive_after_a_newer_change_of_the_same_patient(tmp_path):
+    """Out-of-order CDC: every late patient change is delivered after a newer change of that
+    patient, the case an SCD2 MERGE must place in history instead of making current."""
+    import csv
+
+    from data_generator import generate, load_manifest
+
+    generate(tmp_path, patients=3000, days=60, seed=42)
+    late = {d["record_key"] for d in load_manifest(tmp_path)["defects"]
+            if d["source"] == "ehr_patients" and d["defect_type"] == "late_arriving"}
+    changes: dict[str, list[tuple[str, str, str]]] = {}
+    for path in sorted(tmp_path.glob("ehr_patients/*/*.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                changes.setdefault(row["mrn"], []).append(
+                    (path.parent.name, row["change_ts"], row["change_id"]))
+    out_of_order = {cid for rows in changes.values() for batch, ts, cid in rows
+                    if any(other_ts > ts and other_batch < batch for other_batch, other_ts, _ in rows)}
+    assert late, "the default-sized dataset plants late patient changes"
+    assert late <= out_of_order, f"late but not out of order: {sorted(late - out_of_order)}"
