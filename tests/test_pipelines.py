@@ -426,7 +426,24 @@ def test_scd2_to_contract_marks_current_and_deleted_versions(spark):
 
 
 # ----- declarative == imperative --------------------------------------------------------------------
-def test_course_pipeline_gold_equals_the_imperative_gold(spark, data_dir):
+@pytest.fixture
+def forget_course_tables(spark):
+    """Drop the session's course table names before and after (their files stay): names that
+    other tests registered at their own data roots would otherwise shadow this test's tables
+    (``CREATE TABLE IF NOT EXISTS`` keeps an existing name's location)."""
+    def forget():
+        for schema in ("bronze", "silver", "gold", "medallion_pipeline"):
+            if spark.catalog.databaseExists(schema):
+                for table in spark.catalog.listTables(schema):
+                    if not table.isTemporary:
+                        spark.sql(f"DROP TABLE IF EXISTS {schema}.{table.name}")
+
+    forget()
+    yield
+    forget()
+
+
+def test_course_pipeline_gold_equals_the_imperative_gold(spark, data_dir, forget_course_tables):
     """Notebooks 02-05's functions and the declarative pipeline give the same gold tables."""
     from data_generator import generate
     from utils.bronze import ingest_landing

@@ -71,11 +71,12 @@ class EventLog:
             details["flow_progress"]["metrics"] = {"num_output_rows": rows}
         if metrics is not None:
             expectations = [(m.rule, dataset, m.action, m.passed, m.failed) for m in metrics]
-            details["flow_progress"]["data_quality"] = {
-                "dropped_records": dropped or 0,
+            quality: dict[str, Any] = {
                 "expectations": [{"name": m.rule, "dataset": dataset, "passed_records": m.passed,
-                                  "failed_records": m.failed} for m in metrics],
-            }
+                                  "failed_records": m.failed} for m in metrics]}
+            if dropped is not None:   # unknown for a view: it writes nothing to count
+                quality["dropped_records"] = dropped
+            details["flow_progress"]["data_quality"] = quality
         level = "ERROR" if status == "FAILED" else ("WARN" if status == "SKIPPED" else "INFO")
         self._add("flow_progress", message, level, flow, dataset, status, details, error, rows,
                   dropped, expectations)
