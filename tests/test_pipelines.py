@@ -500,3 +500,25 @@ def test_streaming_view_batch_is_offered_again_when_its_reader_failed(spark, dat
     (data_dir / "landing" / "orders" / "2025-01-02" / "bad.csv").unlink()   # fix the delivery
     run_pipeline(folder, spark, lineage=False)
     assert rows(spark, "view_commit.orders") == [("o1", 10), ("o2", 20)]   # o2 not lost
+
+
+def test_cli_dry_run_run_and_invalid_graph(spark, data_dir, tmp_path, capsys):
+    from utils.pipelines.__main__ import main
+
+    land(data_dir, "2025-01-01", ["o1,10", "o2,3"])
+    folder = make_pipeline(tmp_path, INCREMENTAL, name="cli")
+    assert main(["dry-run", str(folder)], stop_session=False) == 0
+    out = capsys.readouterr().out
+    assert "pipeline cli: 3 flows, 3 datasets, schema cli" in out and "graph is valid" in out
+    assert main(["run", str(folder)], stop_session=False) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("[1/3] orders") and "2 rows" in lines[1] and "COMPLETED" in lines[1]
+    assert lines[4].startswith("COMPLETED in ")
+
+    broken = make_pipeline(tmp_path, """
+        @dp.materialized_view
+        def a():
+            return spark.read.table("missing_table")
+    """)
+    assert main(["dry-run", str(broken)], stop_session=False) == 2
+    assert "reads 'missing_table'" in capsys.readouterr().err

@@ -11,7 +11,8 @@ import sys
 import time
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, stop_session: bool = True) -> int:
+    """Run the CLI; ``stop_session=False`` keeps the Spark session (for tests)."""
     parser = argparse.ArgumentParser(prog="python -m utils.pipelines",
                                      description="Run a declarative pipeline on the local engine")
     parser.add_argument("command", choices=["run", "dry-run", "full-refresh"],
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lineage:   {run.lineage_path}")
         return 0
     finally:
-        stop_spark()
+        if stop_session:
+            stop_spark()
 
 
 if __name__ == "__main__":
