@@ -522,3 +522,30 @@ def test_cli_dry_run_run_and_invalid_graph(spark, data_dir, tmp_path, capsys):
     """)
     assert main(["dry-run", str(broken)], stop_session=False) == 2
     assert "reads 'missing_table'" in capsys.readouterr().err
+
+
+def test_batch_planned_but_not_written_is_processed_once_under_its_id(spark, data_dir, tmp_path):
+    """An offset without a commit and without a write: the same files are read again, once."""
+    import json
+
+    land(data_dir, "2025-01-01", ["o1,10"])
+    folder = make_pipeline(tmp_path, INCREMENTAL, name="replan")
+    pipeline = load_pipeline(folder, spark)
+    pipeline.run(lineage=False)
+    land(data_dir, "2025-01-02", ["o2,20"])
+    checkpoint = pipeline.spec.checkpoint_dir("orders")
+    planned = json.loads((checkpoint / "offsets" / "0.json").read_text())
+    source = next(iter(planned["sources"]))
+    new_file = str(data_dir / "landing" / "orders" / "2025-01-02" / "orders.csv")
+    (checkpoint / "offsets" / "1.json").write_text(json.dumps(      # died before the write
+        {"sources": {source: {"files": [new_file]}}, "target_version_before": 1}))
+    land(data_dir, "2025-01-03", ["o3,30"])                          # arrives meanwhile
+    first = pipeline.run(lineage=False)
+    assert first.flows[0].num_output_rows == 1                       # exactly batch 1: o2
+    second = pipeline.run(lineage=False)
+    assert second.flows[0].num_output_rows == 1                      # then o3
+    assert pipeline.run(lineage=False).flows[0].num_output_rows == 0
+    assert rows(spark, "replan.orders") == [("o1", 10, "orders.csv"), ("o2", 20, "orders.csv"),
+                                            ("o3", 30, "orders.csv")]
+    assert sorted(p.name for p in (checkpoint / "commits").iterdir()) == [
+        "0.json", "1.json", "2.json", "3.json"]

@@ -369,18 +369,18 @@ class Pipeline:
             batch_id, batch = None, None
             if flow.streaming:
                 pending = checkpoint.pending()
-                replan = None
-                if pending is not None:
+                replan, replan_id = None, None
+                if pending is not None:   # the previous update stopped inside this flow
                     pending_id, payload = pending
                     before = payload.get("target_version_before")
                     now = delta_version(path) if path is not None else None
                     if now is not None and now > (-1 if before is None else before):
                         checkpoint.write_commit(pending_id, payload)   # the write had happened
-                    else:
-                        replan = payload["sources"]
+                    else:   # it had not: process exactly that batch again, under its id
+                        replan, replan_id = payload["sources"], pending_id
                 df, batch = rewrite_streaming_reads(df, self.spark, checkpoint,
                                                     self._resolve_table, replan)
-                batch_id = checkpoint.next_batch_id()
+                batch_id = replan_id if replan_id is not None else checkpoint.next_batch_id()
             if METADATA_COLUMN in df.columns:
                 df = df.drop(METADATA_COLUMN)
             rules = flow.expectations
