@@ -143,21 +143,31 @@ def bench_generator_throughput(encounters: int, timeout: float, logs: Path) -> d
 
 
 # ----- landing data per size -----------------------------------------------------------------
-def _generate(out_dir: Path, patients: int, days: int, seed: int) -> float:
-    """Run the course generator into ``out_dir`` (emptied first); return its seconds."""
-    from datetime import date
+def _generate(out_dir: Path, patients: int, days: int, seed: int,
+              logs: Path | None = None) -> SampledRun:
+    """Run the course generator into ``out_dir`` (emptied first) in a fresh process.
 
-    import data_generator
-
+    A child process keeps the generator's memory out of this (parent) process while the
+    workloads run, and gives its wall time and peak RSS like every other measurement.
+    """
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    started = time.perf_counter()
-    data_generator.generate(out_dir, patients=patients, days=days, seed=seed,
-                            defect_rate=0.02, start_date=date(2025, 1, 1))
-    return time.perf_counter() - started
+    code = (
+        "from datetime import date\n"
+        "from data_generator import generate\n"
+        f"generate({str(out_dir)!r}, patients={patients}, days={days}, seed={seed}, "
+        "defect_rate=0.02, start_date=date(2025, 1, 1))\n"
+    )
+    log_path = (logs or out_dir.parent) / f"generate-{out_dir.parent.name}.log"
+    run = run_sampled([PYTHON, "-c", code], env=child_env(), cwd=REPO_ROOT, log_path=log_path)
+    if not run.ok:
+        tail = run.output_tail.strip().splitlines()[-1:] or [f"exit {run.returncode}"]
+        raise RuntimeError(f"data_generator.generate failed: {tail[0]}")
+    return run
 
 
-def prepare_dataset(work_dir: Path, target: int, days: int, seed: int) -> dict[str, Any]:
+def prepare_dataset(work_dir: Path, target: int, days: int, seed: int,
+                    logs: Path | None = None) -> dict[str, Any]:
     """Landing data with about ``target`` encounters, generated once and reused afterwards.
 
     The patient count is calibrated on a small run with the same number of days (encounters
@@ -176,7 +186,7 @@ def prepare_dataset(work_dir: Path, target: int, days: int, seed: int) -> dict[s
         rate = json.loads((calibration / "_bench_calibration.json").read_text())["per_patient"]
     else:
         log(f"calibrating the generator ({CALIBRATION_PATIENTS:,} patients, {days} days)")
-        _generate(calibration / "data", CALIBRATION_PATIENTS, days, seed)
+        _generate(calibration / "data", CALIBRATION_PATIENTS, days, seed, logs)
         rows = count_data_lines(resolve_landing_dir(calibration / "data"))
         rate = rows / CALIBRATION_PATIENTS
         (calibration / "_bench_calibration.json").write_text(json.dumps({"per_patient": rate}))
@@ -185,7 +195,7 @@ def prepare_dataset(work_dir: Path, target: int, days: int, seed: int) -> dict[s
         raise RuntimeError("the generator wrote no encounters in the calibration run")
     patients = max(int(round(target / rate)), 10)
     log(f"generating ~{target:,} encounters: {patients:,} patients x {days} days")
-    seconds = _generate(root / "data", patients, days, seed)
+    generation = _generate(root / "data", patients, days, seed, logs)
     landing = resolve_landing_dir(root / "data")
     info = {
         "target": target,
@@ -197,7 +207,9 @@ def prepare_dataset(work_dir: Path, target: int, days: int, seed: int) -> dict[s
         "patient_change_rows": count_data_lines(landing, "ehr_patients"),
         "claim_rows": count_data_lines(landing, "payer_claims"),
         "landing_mb": round(sum(f.stat().st_size for f in landing.rglob("*") if f.is_file()) / 2**20, 1),
-        "generation_s": round(seconds, 2),
+        "generation_s": round(generation.wall_s, 2),
+        "generation_cpu_s": generation.cpu_s,
+        "generation_peak_rss_mb": round(generation.peak_rss_mb, 1),
         "reused": False,
     }
     marker.write_text(json.dumps(info, indent=2))
@@ -273,6 +285,30 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # ----- make run --------------------------------------------------------------------------------
+def notebook_seconds(log_path: Path) -> dict[str, float | str]:
+    """Seconds per notebook from run_course's output ("running NN_x.ipynb ... 9.5 s")."""
+    import re
+
+    found: dict[str, float | str] = {}
+    current = None
+    try:
+        text = log_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        started = re.search(r"running (\S+\.ipynb) \.\.\.", line)
+        if started:
+            current = started.group(1)
+        if current is None:
+            continue
+        done = re.search(r"(?:^|\s)(\d+(?:\.\d+)?) s$", line.strip())
+        if done and current not in found:
+            found[current] = float(done.group(1))
+        elif "FAILED" in line and current not in found:
+            found[current] = "FAILED"
+    return found
+
+
 def bench_make_run(work_dir: Path, timeout: float, logs: Path) -> dict[str, Any]:
     data_dir = Path(tempfile.mkdtemp(prefix="run-course-", dir=work_dir))
     log(f"make run (python -m utils.run_course) into {data_dir} ...")
@@ -280,7 +316,8 @@ def bench_make_run(work_dir: Path, timeout: float, logs: Path) -> dict[str, Any]
                       cwd=REPO_ROOT, timeout=timeout, log_path=logs / "run_course.log")
     notebooks = sorted(p.name for p in (REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     record = run_record("make run", run, command="python -m utils.run_course",
-                        notebooks=notebooks, output_tail=run.output_tail)
+                        notebooks=notebooks, output_tail=run.output_tail,
+                        notebook_s=notebook_seconds(logs / "run_course.log"))
     shutil.rmtree(data_dir, ignore_errors=True)
     log(f"make run: {'ok' if run.ok else 'FAILED'} {run.wall_s:.1f} s, peak {run.peak_rss_mb:.0f} MB")
     return record
@@ -398,7 +435,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     if datasets:
         lines += ["", "## Landing data (generated once per size, not in the timings above)", "",
                   "| target | patients x days | encounter rows | patient changes | claim lines "
-                  "| landing MB | generation s |", "|---:|---:|---:|---:|---:|---:|---:|"]
+                  "| landing MB | generation s | peak RSS MB |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for data in datasets:
             if "error" in data:
                 lines.append(f"| {data['target']:,} | generation failed: {data['error']} ||||||")
@@ -407,7 +444,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(
                 f"| {data['target']:,} | {data['patients']:,} x {data['days']} | "
                 f"{data['encounter_rows']:,} | {data['patient_change_rows']:,} | "
-                f"{data['claim_rows']:,} | {data['landing_mb']} | {data['generation_s']}{reused} |")
+                f"{data['claim_rows']:,} | {data['landing_mb']} | {data['generation_s']}{reused} | "
+                f"{_mb(data.get('generation_peak_rss_mb'))} |")
     generator = report.get("generator")
     if generator is not None:
         lines += ["", "## Generator throughput", ""]
@@ -438,6 +476,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                      if run["ok"] else
                      f"FAILED (exit {run['returncode']}{', timed out' if run['timed_out'] else ''}) "
                      f"after {run['wall_s']} s, peak RSS {_mb(run['peak_rss_mb'])} MB. Last output:")]
+        if run.get("notebook_s"):
+            lines += ["", "| notebook | s |", "|---|---:|"]
+            lines += [f"| {name} | {seconds} |" for name, seconds in run["notebook_s"].items()]
         if not run["ok"]:
             tail = "\n".join((run.get("output_tail") or "").strip().splitlines()[-6:])
             lines += ["", "```", tail, "```"]
@@ -479,11 +520,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-generator", action="store_true")
     parser.add_argument("--skip-run", action="store_true", help="do not time `make run`")
     parser.add_argument("--skip-medallion", action="store_true")
+    parser.add_argument("--render-only", metavar="JSON", default=None,
+                        help="re-render benchmarks.md from an existing benchmarks.json and exit")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render_only:
+        report = json.loads(Path(args.render_only).read_text())
+        report["medallion"] = summarize(report.get("medallion_runs") or [])
+        report["targets"] = evaluate_targets(report)
+        _, md_path = write_report(report, Path(args.report_dir or Path(args.render_only).parent))
+        print(md_path.read_text())
+        return 0
     from benchmarks.medallion import JVM_DRIVER_MEMORY
     from utils.config import get_config
 
@@ -514,7 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         datasets, runs = [], []
         for size in sizes:
             try:
-                dataset = prepare_dataset(work_dir, size, args.days, args.seed)
+                dataset = prepare_dataset(work_dir, size, args.days, args.seed, logs)
             except Exception as err:  # noqa: BLE001 - record it and go on with the other sizes
                 log(f"data generation for {size:,} failed: {type(err).__name__}: {err}")
                 datasets.append({"target": size, "error": f"{type(err).__name__}: {err}"[:300]})

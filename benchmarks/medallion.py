@@ -182,10 +182,9 @@ def parse_lines(bronze: "DataFrame", columns: list[str]) -> "DataFrame":
     )
 
 
-def silver_encounters(parsed: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
-    """Typed, validated encounters (one row per encounter_id) and the rejected lines."""
+def check_encounters(parsed: "DataFrame") -> "DataFrame":
+    """Typed encounters with ``_valid`` (the raw ``line`` kept for the quarantine)."""
     from pyspark.sql import functions as F
-    from pyspark.sql.window import Window
 
     from utils.contracts import accepted_values
 
@@ -219,7 +218,15 @@ def silver_encounters(parsed: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
         & (F.col("discharge_ts").isNull() | (F.col("discharge_ts") >= F.col("admit_ts")))
         & (F.col("total_charge").isNotNull() | ~F.col("_has_charge_text"))
     )
-    checked = typed.withColumn("_valid", F.coalesce(valid, F.lit(False)))
+    return (typed.withColumn("_valid", F.coalesce(valid, F.lit(False)))
+            .drop("_well_formed", "_has_discharge_text", "_has_charge_text"))
+
+
+def silver_encounters(checked: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
+    """Valid encounters, one row per encounter_id (latest discharge wins), and rejected lines."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.window import Window
+
     rejected = checked.filter(~F.col("_valid")).select(F.lit("encounters").alias("source"), "line")
     latest_first = Window.partitionBy("encounter_id").orderBy(
         F.col("discharge_ts").desc_nulls_last(), F.col("line").desc()
@@ -228,7 +235,7 @@ def silver_encounters(parsed: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
         checked.filter(F.col("_valid"))
         .withColumn("_rn", F.row_number().over(latest_first))
         .filter(F.col("_rn") == 1)
-        .drop("_rn", "_valid", "_well_formed", "_has_discharge_text", "_has_charge_text", "line")
+        .drop("_rn", "_valid", "line")
     )
     return deduped, rejected
 
@@ -401,7 +408,10 @@ def run_workload(spark: "SparkSession", landing_dir: str | Path, out_dir: str | 
     _write(silver_patients_current(parsed("ehr_patients")), table("silver_patients_current"),
            table_format)
     _write(silver_claims(parsed("payer_claims")), table("silver_claims"), table_format)
-    encounters, rejected = silver_encounters(parsed("ehr_encounters"))
+    # Parse and type once; the quarantine and the clean table both read the checked rows.
+    _write(check_encounters(parsed("ehr_encounters")), table("silver_encounters_checked"),
+           table_format)
+    encounters, rejected = silver_encounters(read("silver_encounters_checked"))
     _write(rejected, table("silver_quarantine"), table_format)
     _write(join_patients(encounters, read("silver_patients_current")),
            table("silver_encounters"), table_format)
