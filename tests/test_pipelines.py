@@ -380,20 +380,20 @@ def test_bronze_lines_match_the_imperative_bronze_reader(spark, tmp_path):
 
     day = tmp_path / "landing" / "ehr_encounters" / "2025-01-03"
     day.mkdir(parents=True)
-    data = b"\xef\xbb\xbfa,b\r\n1,x\r\n\r\n2,y\n3,z"        # BOM, CRLF, empty line, no final \n
+    # BOM, CRLF, empty line, invalid UTF-8 (Sail's text reader fails the whole file on it), no final \n
+    data = b"\xef\xbb\xbfa,b\r\n1,x\r\n\r\n2,\xff\xfey\n3,z"
     (day / "enc.csv").write_bytes(data)
-    files = spark.createDataFrame(
-        [(data.decode("utf-8"), (str(day / "enc.csv"),))],
-        "value STRING, _metadata STRUCT<file_path: STRING>")
+    files = spark.read.format("binaryFile").load(str(day))  # what landing_stream reads, as a batch
     got = [tuple(r) for r in bronze_lines(files, "ehr_encounters", "csv")
-           .select("value", "_header", "_source_file", "_line_number", "_batch_date")
+           .select("value", "_header", "_source_file", "_line_number", "_batch_date", "_raw_base64")
            .orderBy("_line_number").collect()]
     lines = read_landing_file(day / "enc.csv", "csv")
     import datetime as dt
 
-    assert got == [(v, lines.header, "ehr_encounters/2025-01-03/enc.csv", n, dt.date(2025, 1, 3))
-                   for v, n in zip(lines.values, lines.line_numbers)]
-    assert [g[0] for g in got] == ["1,x", "", "2,y", "3,z"]
+    assert got == [(v, lines.header, "ehr_encounters/2025-01-03/enc.csv", n, dt.date(2025, 1, 3), raw)
+                   for v, n, raw in zip(lines.values, lines.line_numbers, lines.raw_base64)]
+    assert [g[0] for g in got] == ["1,x", "", "2,\ufffd\ufffdy", "3,z"]
+    assert got[2][5] == "Miz//nk="  # base64 of the exact bytes of the undecodable line
 
 
 def test_scd2_to_contract_marks_current_and_deleted_versions(spark):

@@ -55,39 +55,49 @@ def landing_dir(spark: "SparkSession") -> str:
 def landing_stream(spark: "SparkSession", source: str, file_name: str | None = None) -> "DataFrame":
     """New files of ``landing/<source>/<YYYY-MM-DD>/`` as a stream: one row per file.
 
-    Columns: ``value`` (the whole file as text) and the hidden ``_metadata`` (``file_path``).
-    ``file_name`` keeps only files of that name (the reference source holds three entities).
+    Columns: ``path`` and ``content`` (the file's bytes). Files are read as bytes, not text:
+    Sail's text reader (and its ``decode``/``CAST AS STRING``) fails the whole read on one
+    invalid UTF-8 byte, and bronze must keep such a line, not crash. ``file_name`` keeps only
+    files of that name (the reference source holds three entities).
     """
     path = f"{landing_dir(spark)}/{source}/{DAY_GLOB}/{file_name or '*'}"
     if on_databricks():  # pragma: no cover - Auto Loader keeps the file ledger on Databricks
-        return (spark.readStream.format("cloudFiles").option("cloudFiles.format", "text")
-                .option("wholetext", "true").load(path))
-    return spark.readStream.format("text").option("wholetext", "true").load(path)
+        return (spark.readStream.format("cloudFiles").option("cloudFiles.format", "binaryFile")
+                .load(path))
+    return spark.readStream.format("binaryFile").load(path)
+
+
+def _split_file_udf():
+    """A UDF: file bytes -> its lines as (text, base64 of the raw bytes when not UTF-8), by
+    ``utils.bronze.split_lines``, so both bronze paths split lines by one rule."""
+    from pyspark.sql import functions as F
+
+    def split(content):  # (no type hints: PySpark would try to infer a pandas UDF from them)
+        from utils.bronze import split_lines
+
+        return split_lines(bytes(content)) if content is not None else []
+
+    return F.udf(split, "array<struct<text:string,raw:string>>")
 
 
 def bronze_lines(files: "DataFrame", source: str, fmt: str) -> "DataFrame":
-    """Whole landing files -> bronze rows (``utils.bronze.BRONZE_SCHEMA_DDL`` columns).
+    """Whole landing files (``path``, ``content``) -> bronze rows (``BRONZE_SCHEMA_DDL`` columns).
 
-    Same rules as ``utils.bronze.split_lines``: a leading UTF-8 BOM is dropped, ``\\n`` and
-    ``\\r\\n`` end a line, a last line without terminator is a line, an empty line in the middle
-    is a row; in a CSV line 1 is the header (``_header``), not a row. A line the text reader
-    could not decode holds U+FFFD; it is flagged by a non-NULL ``_raw_base64`` (the imperative
-    bronze keeps the original bytes there; the text reader no longer has them).
+    Lines are split by ``utils.bronze.split_lines``, the imperative bronze's own rule: a leading
+    UTF-8 BOM is dropped, ``\\n`` and ``\\r\\n`` end a line, a last line without terminator is a
+    line; a line that is not valid UTF-8 holds U+FFFD and keeps its exact bytes in
+    ``_raw_base64``. In a CSV, line 1 is the header (``_header``), not a row.
     """
     from pyspark.sql import functions as F
 
-    text = F.regexp_replace(F.col("value"), "^\ufeff", "")
-    parts = F.split(text, "\n")
-    lines = F.when(F.element_at(parts, -1) == "",
-                   F.slice(parts, F.lit(1), F.size(parts) - 1)).otherwise(parts)
-    relative = F.regexp_extract(F.col("_metadata.file_path"), RELATIVE_PATH_REGEX, 1)
-    header = (F.regexp_replace(F.element_at(F.col("__lines"), 1), "\r$", "")
+    relative = F.regexp_extract(F.col("path"), RELATIVE_PATH_REGEX, 1)
+    header = (F.element_at(F.col("__lines"), 1).getField("text")
               if fmt == "csv" else F.lit(None).cast("string"))
-    exploded = (files.select(lines.alias("__lines"),
+    exploded = (files.select(_split_file_udf()(F.col("content")).alias("__lines"),
                              relative.alias("_source_file"))
                 .select("*", F.posexplode("__lines").alias("__pos", "__line")))
     first_data = 1 if fmt == "csv" else 0
-    value = F.regexp_replace(F.col("__line"), "\r$", "")
+    value = F.col("__line").getField("text")
     return (exploded.filter(F.col("__pos") >= first_data).select(
         value.alias("value"),
         header.alias("_header"),
@@ -97,7 +107,7 @@ def bronze_lines(files: "DataFrame", source: str, fmt: str) -> "DataFrame":
         F.to_date(F.regexp_extract("_source_file", r"^[^/]+/([0-9-]{10})/", 1)).alias("_batch_date"),
         F.current_timestamp().alias("_ingest_ts"),
         F.lit(None).cast("string").alias("_ingest_run_id"),
-        F.when(value.contains("\ufffd"), F.base64(F.encode(value, "UTF-8"))).alias("_raw_base64"),
+        F.col("__line").getField("raw").alias("_raw_base64"),
     ))
 
 
