@@ -245,6 +245,35 @@ class NamePools:
 
 
 # ----------------------------------------------------------------------------------------------
+#: Average occupancy the staffed beds are sized for (US acute care runs at about 65-80 %).
+TARGET_OCCUPANCY = 0.75
+
+
+def staffed_beds(encounters: dict[str, np.ndarray], n_fac: int, fac_type: np.ndarray,
+                 start_day: int, days: int) -> np.ndarray:
+    """Staffed beds per facility, sized to the simulated population's midnight census.
+
+    A real 600-bed hospital serves far more people than a few thousand simulated patients, so
+    fixed bed counts would show ~1 % occupancy. Each hospital gets the beds its own simulated
+    census needs at TARGET_OCCUPANCY on average (and at least its peak census, so occupancy
+    stays at or under 100 %); clinics have none. A stay is in the census at midnight ``d`` when
+    admitted before it and discharged after it, as gold counts it.
+    """
+    inpatient = encounters["cls"] == INP
+    first_midnight = encounters["admit"][inpatient] // DAY + 1 - start_day
+    last_midnight = (encounters["disch"][inpatient] - 1) // DAY - start_day
+    fac = encounters["fac"][inpatient]
+    census = np.zeros((n_fac, days + 2), dtype=np.int64)          # midnights 1..days
+    lo = np.clip(first_midnight, 1, days + 1)
+    hi = np.clip(last_midnight + 1, 1, days + 1)
+    keep = hi > lo
+    np.add.at(census, (fac[keep], lo[keep]), 1)
+    np.add.at(census, (fac[keep], hi[keep]), -1)
+    census = np.cumsum(census, axis=1)[:, 1:days + 1]
+    beds = np.ceil(np.maximum(census.mean(axis=1) / TARGET_OCCUPANCY, census.max(axis=1)))
+    return np.where(fac_type < 2, np.maximum(beds, 2), 0).astype(np.int64)
+
+
 def simulate(patients: int, days: int, seed: int, start_date: date,
              readmission_rate: float = 0.12) -> World:
     rng = np.random.default_rng(seed)
@@ -516,6 +545,8 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         "charge_cents": charge_cents, "age": age_at,
         "drg": np.where(cls == INP, rng.integers(1, 999, m), -1),
     }
+
+    facilities["staffed_beds"] = staffed_beds(encounters, n_fac, fac_type, start_day, days)
 
     labs = _labs(rng, encounters, cond)
     meds = _meds(rng, encounters, cond)

@@ -570,3 +570,28 @@ def test_late_patient_changes_arrive_after_a_newer_change_of_the_same_patient(tm
                     if any(other_ts > ts and other_batch < batch for other_batch, other_ts, _ in rows)}
     assert late, "the default-sized dataset plants late patient changes"
     assert late <= out_of_order, f"late but not out of order: {sorted(late - out_of_order)}"
+
+
+def test_staffed_beds_fit_the_simulated_census(tmp_path):
+    """Beds are sized to the simulated population: every hospital's midnight census stays
+    within its staffed beds, and average occupancy is that of a working hospital, not ~1 %."""
+    import pandas as pd
+
+    from data_generator import generate
+    from data_generator.explore import read_source
+
+    generate(tmp_path, patients=3000, days=60, seed=42)
+    facilities = read_source("reference", tmp_path)
+    facilities = facilities[facilities["facility_id"].notna() & facilities["staffed_beds"].notna()]
+    beds = {f: int(b) for f, b in zip(facilities["facility_id"], facilities["staffed_beds"])}
+    stays = read_source("ehr_encounters", tmp_path, clean_only=True)
+    stays = stays[stays["encounter_class"] == "inpatient"]
+    admit, discharge = pd.to_datetime(stays["admit_ts"]), pd.to_datetime(stays["discharge_ts"])
+    midnights = pd.date_range("2025-01-02", periods=58, freq="D")
+    for facility, rows in stays.groupby("facility_id"):
+        census = [int(((admit[rows.index] < m) & (discharge[rows.index] > m)).sum()) for m in midnights]
+        assert beds[facility] > 0, facility
+        assert max(census) <= beds[facility], (facility, max(census), beds[facility])
+        assert sum(census) / len(census) / beds[facility] >= 0.2, (facility, census, beds[facility])
+    clinics = facilities[facilities["facility_type"].str.strip() == "outpatient_clinic"]
+    assert set(clinics["staffed_beds"].astype(int)) == {0}
