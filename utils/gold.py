@@ -187,15 +187,22 @@ def current_patients(patients: DataFrame) -> DataFrame:
     return patients.where(F.col("is_current") & ~F.coalesce(F.col("is_deleted"), F.lit(False)))
 
 
+def reference_date_frame(encounters: DataFrame, column: str = "as_of") -> DataFrame:
+    """One row, one DATE column: the last calendar day present in the encounters (latest admit
+    or discharge date). A lazy frame, so a declarative pipeline can join it in without
+    running a query while its graph is planned."""
+    from pyspark.sql import functions as F
+
+    return encounters.agg(F.greatest(F.max(F.to_date("admit_ts")),
+                                     F.max(F.to_date("discharge_ts"))).alias(column))
+
+
 def reference_date(encounters: DataFrame) -> dt.date:
     """The last calendar day present in the encounters (latest admit or discharge date).
 
     Ages and age bands are taken at this date, so gold is the same whenever it is rebuilt.
     """
-    from pyspark.sql import functions as F
-
-    row = encounters.agg(F.greatest(F.max(F.to_date("admit_ts")),
-                                    F.max(F.to_date("discharge_ts"))).alias("d")).first()
+    row = reference_date_frame(encounters, "d").first()
     if row is None or row["d"] is None:
         raise ValueError("reference_date: the encounters are empty")
     return row["d"]

@@ -112,21 +112,11 @@ def bronze_lines(files: "DataFrame", source: str, fmt: str) -> "DataFrame":
 
 
 def references(spark: "SparkSession", bronze_table: Callable[[str], str]) -> dict[str, "DataFrame"]:
-    """What ``utils.silver.with_references`` needs, from the pipeline's bronze tables.
-
-    Same content as ``utils.silver.load_references`` (code tables, patients known from their
-    change records, keys of encounters, providers, facilities and payers); ``bronze_table(e)``
-    names the bronze table of entity ``e`` in the pipeline.
-    """
+    """What ``utils.silver.with_references`` needs, from the pipeline's bronze tables:
+    ``utils.silver.load_references`` reading ``bronze_table(entity)`` instead of ``bronze.<entity>``."""
     from utils import silver
 
-    refs = {name: silver.code_table(spark, name) for name in ("icd10cm", "loinc", "rxnorm", "cpt")}
-    refs["patients"] = silver.known_patient_keys(spark.read.table(bronze_table("patients")))
-    for entity, column in (("encounters", "encounter_id"), ("providers", "npi"),
-                           ("facilities", "facility_id"), ("payers", "payer_id")):
-        parsed = silver.parse_entity(entity, spark.read.table(bronze_table(entity)))
-        refs[entity] = silver.known_keys(parsed, column)
-    return refs
+    return silver.load_references(spark, lambda entity: spark.read.table(bronze_table(entity)))
 
 
 def scd2_to_contract(scd2: "DataFrame") -> "DataFrame":
@@ -172,16 +162,14 @@ def with_reference_date(patients: "DataFrame", encounters: "DataFrame") -> "Data
 
     ``utils.gold.reference_date`` runs a query and returns a Python date. A pipeline's query
     functions should not run queries on the pipeline's own datasets while the graph is planned
-    (on Databricks those datasets are not readable yet), so the same date (the last day present
-    in the encounters: latest admit or discharge date) is joined in as a column instead;
-    ``utils.gold`` takes ``as_of`` through ``F.lit``, which accepts a column. The equality test
-    of tests/test_pipelines.py checks both give the same gold rows.
+    (on Databricks those datasets are not readable yet), so the same date
+    (``utils.gold.reference_date_frame``) is joined in as a column instead; ``utils.gold``
+    takes ``as_of`` through ``F.lit``, which accepts a column. The equality test of
+    tests/test_pipelines.py checks both give the same gold rows.
     """
-    from pyspark.sql import functions as F
+    from utils.gold import reference_date_frame
 
-    as_of = encounters.agg(F.greatest(F.max(F.to_date("admit_ts")),
-                                      F.max(F.to_date("discharge_ts"))).alias(AS_OF_COLUMN))
-    return patients.crossJoin(as_of)
+    return patients.crossJoin(reference_date_frame(encounters, AS_OF_COLUMN))
 
 
 def with_expectations(rules: Iterable[Expectation]) -> Callable[[Callable[..., Any]], Callable]:
