@@ -10,7 +10,7 @@ ifndef TEST_DATA_DIR
 TEST_DATA_DIR := $(shell mktemp -u /tmp/medallion-test.XXXXXX)
 endif
 
-.PHONY: help install run test unit lab data bench doctor lint clean reset notebooks pipeline
+.PHONY: help install run test unit lab data bench doctor lint clean reset notebooks pipeline dictionary
 
 help: ## List the targets (this text)
 	@echo "Medallion lakehouse course on healthcare data. Targets:"
@@ -55,7 +55,12 @@ lint: $(STAMP) ## Check code style with ruff
 	$(VENV)/bin/ruff check utils data_generator tests
 
 pipeline: $(STAMP) ## Run the declarative pipeline (notebooks/pipeline) locally on the default dataset
+	@test -f "$$($(PY) -c 'from utils import get_config; print(get_config().manifest_path)')" \
+		|| $(PY) -m data_generator --default --no-progress
 	$(PY) -m utils.pipelines run notebooks/pipeline
+
+dictionary: $(STAMP) ## Regenerate docs/data_dictionary.md from utils/contracts.yml (after editing the contract)
+	$(PY) -m utils.gold --write-dictionary
 
 reset: ## Remove generated data, tables and figures so a room can start over (keeps .venv)
 	rm -rf data/landing data/lakehouse data/reports data/scratch data/executed data/pipelines
