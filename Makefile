@@ -52,7 +52,7 @@ doctor: $(STAMP) ## Print engine, versions, paths and anything missing
 	$(PY) -m utils.doctor
 
 lint: $(STAMP) ## Check code style with ruff
-	$(VENV)/bin/ruff check utils data_generator tests
+	$(VENV)/bin/ruff check utils data_generator benchmarks tests
 
 pipeline: $(STAMP) ## Run the declarative pipeline (notebooks/pipeline) locally on the default dataset
 	@test -f "$$($(PY) -c 'from utils import get_config; print(get_config().manifest_path)')" \

@@ -255,7 +255,8 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         for name in list(cols)[4:]:
             cols[name] = _empty_if(cols[name], ~live)
         day = ch["ts"] // M.DAY - d0
-        return Frame(cols, day, ch["ts"], cols["change_id"], {"op": op, "next_gap": _days_to_next_change(pat, ch["ts"])})
+        return Frame(cols, day, ch["ts"], cols["change_id"],
+                     {"op": op, "next_gap": _days_to_next_change(pat, ch["ts"])})
         # record id order follows change time, so change_id is increasing within the export
         # (the lexsort in the model already ordered the records by time)
 
