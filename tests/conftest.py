@@ -28,3 +28,21 @@ def data_dir(tmp_path, monkeypatch):
     """A fresh, empty data root for one test (landing, lakehouse, reports below it)."""
     monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path))
     return tmp_path
+
+
+@pytest.fixture
+def fresh_spark(spark):
+    """A new session on the same engine: its catalog is empty, as in a new notebook, so
+    ``bronze.*``/``silver.*`` resolve to this test's data_dir and never to a table another
+    test registered in the shared session. On a remote engine the shared session is kept."""
+    from pyspark.sql import SparkSession
+
+    from utils.session import sail_url
+
+    if sail_url() is None:
+        yield spark
+        return
+    fresh = SparkSession.builder.remote(sail_url()).create()
+    fresh.conf.set("spark.sql.session.timeZone", "UTC")
+    yield fresh
+    fresh.stop()

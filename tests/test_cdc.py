@@ -28,20 +28,10 @@ DAY1, DAY2 = dt.date(2025, 1, 1), dt.date(2025, 1, 2)
 
 
 @pytest.fixture
-def spark(spark):
-    """A new session per test: its catalog is empty, so ``silver.patients`` resolves to this
-    test's data_dir and never to a table a previous test registered in the shared session."""
-    from pyspark.sql import SparkSession
-
-    from utils.session import sail_url
-
-    if sail_url() is None:  # another engine: keep the shared session
-        yield spark
-        return
-    fresh = SparkSession.builder.remote(sail_url()).create()
-    fresh.conf.set("spark.sql.session.timeZone", "UTC")
-    yield fresh
-    fresh.stop()
+def spark(fresh_spark):
+    """Every test here gets a new session (conftest's ``fresh_spark``): ``silver.patients``
+    then resolves to this test's data_dir."""
+    return fresh_spark
 
 
 def ts(day: int, hour: int = 0) -> dt.datetime:

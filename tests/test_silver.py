@@ -316,23 +316,6 @@ def write_bronze(spark, entity, df):
     write_table(df, "bronze", entity, mode="overwrite")
 
 
-@pytest.fixture
-def fresh_spark(spark):
-    """A new session (empty catalog), so ``bronze.*``/``silver.*`` resolve to this test's
-    data_dir and never to tables another test registered in the shared session."""
-    from pyspark.sql import SparkSession
-
-    from utils.session import sail_url
-
-    if sail_url() is None:
-        yield spark
-        return
-    fresh = SparkSession.builder.remote(sail_url()).create()
-    fresh.conf.set("spark.sql.session.timeZone", "UTC")
-    yield fresh
-    fresh.stop()
-
-
 def test_build_silver_reconciles_and_reruns_identically(fresh_spark, data_dir):
     spark = fresh_spark
     header = csv_header
