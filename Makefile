@@ -62,8 +62,12 @@ pipeline: $(STAMP) ## Run the declarative pipeline (notebooks/pipeline) locally 
 dictionary: $(STAMP) ## Regenerate docs/data_dictionary.md from utils/contracts.yml (after editing the contract)
 	$(PY) -m utils.gold --write-dictionary
 
+# the data root of utils.config: $COURSE_DATA_DIR, else data/ in the repository
+DATA_ROOT := $(or $(COURSE_DATA_DIR),data)
+
 reset: ## Remove generated data, tables and figures so a room can start over (keeps .venv)
-	rm -rf data/landing data/lakehouse data/reports data/scratch data/executed data/pipelines
+	rm -rf $(DATA_ROOT)/landing $(DATA_ROOT)/lakehouse $(DATA_ROOT)/reports $(DATA_ROOT)/scratch \
+		$(DATA_ROOT)/executed $(DATA_ROOT)/pipelines $(DATA_ROOT)/_bronze_staging
 
 clean: ## Remove .venv, caches and executed notebook copies (keeps data/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info data/executed
