@@ -383,6 +383,8 @@ class Pipeline:
                 batch_id = replan_id if replan_id is not None else checkpoint.next_batch_id()
             if METADATA_COLUMN in df.columns:
                 df = df.drop(METADATA_COLUMN)
+            if dataset.kind == "view" and batch is None:
+                df = self._stage_view(df, flow.target)
             rules = flow.expectations
             checked = apply_expectations(df, rules) if rules else None
             result.expectations = checked.metrics if checked else []
@@ -430,6 +432,28 @@ class Pipeline:
                     self.spark.conf.unset(key)
                 else:
                     self.spark.conf.set(key, value)
+
+    def view_stage_path(self, key: str) -> Path:
+        """Where a (batch) temporary view's rows are staged during an update."""
+        return self.spec.storage / "system" / "views" / key.replace(".", "__")
+
+    def _stage_view(self, df, key: str):
+        """Compute a batch temporary view once: write it to a scratch Delta table and read it back.
+
+        A view is read by its expectations (one aggregation) and by every flow reading it
+        (a silver view: its materialized view and ``silver_diagnoses``). Sail's ``cache()`` is
+        a no-op, so each of those reads would re-run the whole query (parsing UDFs, dedupe
+        window, reference joins); staged, they read the same stored rows. The rows are the
+        query's rows: the view's meaning does not change. A query Delta cannot store (e.g. a
+        column of type void) is used unstaged, as before.
+        """
+        path = self.view_stage_path(key)
+        try:
+            (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+             .save(str(path)))
+        except Exception:  # noqa: BLE001 - not storable: evaluate the view lazily instead
+            return df
+        return self.spark.read.format("delta").load(str(path))
 
     def _run_auto_cdc(self, flow, result: FlowResult, path: Path) -> None:
         cdc = flow.definition
