@@ -66,3 +66,14 @@ def test_a_removed_table_is_created_again_not_left_dangling(spark, data_dir):
     create_table_if_missing(spark, "bronze", "gone", "id INT")  # a reset removed the folder
     assert (get_config().table_path("bronze", "gone") / "_delta_log").is_dir()
     assert spark.table("bronze.gone").count() == 0
+
+
+def test_registering_again_keeps_the_table_current(spark, data_dir):
+    """A name already registered at its folder is left as is: it still reads the latest
+    version and schema (an overwriteSchema write), and a second data root still re-points it."""
+    write_table(spark.createDataFrame([(1,)], "id INT"), "silver", "current")
+    assert register_course_tables(spark) == ["silver.current"]
+    write_table(spark.createDataFrame([(2, "b")], "id INT, v STRING"), "silver", "current",
+                overwrite_schema=True)
+    assert register_course_tables(spark) == ["silver.current"]
+    assert [tuple(r) for r in spark.table("silver.current").collect()] == [(2, "b")]

@@ -71,6 +71,28 @@ def forget_if_elsewhere(spark: "SparkSession", name: str, path: Path) -> None:
         spark.sql(f"DROP TABLE IF EXISTS {name}")
 
 
+_ASK = object()
+
+
+def _register(spark: "SparkSession", name: str, path: Path, location: object = _ASK) -> None:
+    """``forget_if_elsewhere`` then ``CREATE TABLE IF NOT EXISTS``, with as few round trips as
+    give the same catalog (each SQL command is a round trip to the engine).
+
+    ``location``: where the session already registers ``name`` (None: not registered), when
+    the caller knows it from a listing; by default it is asked with ``DESCRIBE``. A name
+    already registered at ``path``, a Delta table, is left alone: ``CREATE TABLE IF NOT
+    EXISTS`` on an existing name changes nothing (measured on Sail: the schema is read from
+    the Delta log at query time, also after an ``overwriteSchema`` write).
+    """
+    if location is _ASK:
+        location = registered_location(spark, name)
+    if location is not None:
+        if str(location).rstrip("/") == str(path).rstrip("/") and is_delta_table(path):
+            return
+        spark.sql(f"DROP TABLE IF EXISTS {name}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING delta LOCATION {_sql_string(path)}")
+
+
 def register_table(spark: "SparkSession", layer: str, table: str,
                    config: CourseConfig | None = None) -> str:
     """Make ``<layer>.<table>`` resolvable in this session (idempotent). Returns its name."""
@@ -79,26 +101,55 @@ def register_table(spark: "SparkSession", layer: str, table: str,
     if config.databricks:
         return name
     spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
-    forget_if_elsewhere(spark, name, config.table_path(layer, table))
-    spark.sql(
-        f"CREATE TABLE IF NOT EXISTS {name} USING delta "
-        f"LOCATION {_sql_string(config.table_path(layer, table))}"
-    )
+    _register(spark, name, config.table_path(layer, table))
     return name
+
+
+def _registered_locations(spark: "SparkSession", layer: str) -> dict[str, object] | None:
+    """Lower-cased table name -> location (``_ASK`` when the listing does not say) of what
+    ``SHOW TABLE EXTENDED IN <layer>`` lists: one round trip instead of a ``DESCRIBE`` per
+    name. None when the listing fails (then each name is asked on its own)."""
+    try:
+        rows = spark.sql(f"SHOW TABLE EXTENDED IN {layer} LIKE '*'").collect()
+    except Exception:  # noqa: BLE001 - an engine without it: ask name by name
+        return None
+    found: dict[str, object] = {}
+    for row in rows:
+        name = str(row["tableName"]).lower()
+        location = None
+        for line in str(row["information"] or "").splitlines():
+            if line.startswith("Location:"):
+                location = line.split(":", 1)[1].strip().removeprefix("file://")
+        # a temporary view, two entries, or no location shown: ask with DESCRIBE as before
+        if row["isTemporary"] or not location or name in found:
+            found[name] = _ASK
+        else:
+            found[name] = location
+    return found
 
 
 def register_course_tables(spark: "SparkSession", config: CourseConfig | None = None) -> list[str]:
     """(Re)register every existing Delta table of the course in the current session.
 
     Call it at the top of each notebook. Returns the registered names, sorted, so a notebook
-    can show what it found.
+    can show what it found. One ``SHOW TABLE EXTENDED`` per layer says which names the session
+    already has and where, instead of one ``DESCRIBE`` per table.
     """
     config = config or get_config()
     if config.databricks:
         return []
+    listed: dict[str, dict[str, object] | None] = {}
     for layer in config.layers:
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {layer}")
-    return [register_table(spark, layer, table, config) for layer, table, _ in existing_tables(config)]
+        listed[layer] = _registered_locations(spark, layer)
+    names = []
+    for layer, table, _ in existing_tables(config):
+        name = config.table_name(layer, table)
+        known = listed[layer]
+        location = _ASK if known is None else known.get(table.lower())
+        _register(spark, name, config.table_path(layer, table), location)
+        names.append(name)
+    return names
 
 
 def write_table(df: "DataFrame", layer: str, table: str, mode: str = "overwrite",

@@ -190,19 +190,33 @@ class Pipeline:
 
     def register_tables(self) -> list[str]:
         """Register the pipeline's existing tables and its event log in this session."""
-        from utils.tables import is_delta_table
+        from utils.tables import _registered_locations, is_delta_table
 
         self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {self.spec.schema}")
+        # One listing per schema says what this session already registers where: a name
+        # already at its folder is left as is (re-pointing it would give the same catalog).
+        listings: dict[str, dict | None] = {}
+
+        def point(schema: str, table: str, path: Path) -> None:
+            if schema not in listings:
+                self.spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}")
+                listings[schema] = _registered_locations(self.spark, schema)
+            location = (listings[schema] or {}).get(table.lower())
+            if (isinstance(location, str) and location.rstrip("/") == str(path).rstrip("/")
+                    and is_delta_table(path)):
+                return
+            self._point(schema, table, path)
+
         names = []
         tables_root = self.spec.storage / "tables"
         if tables_root.is_dir():
             for schema_dir in sorted(tables_root.iterdir()):
                 for table_dir in sorted(schema_dir.iterdir()):
                     if is_delta_table(table_dir):
-                        self._point(schema_dir.name, table_dir.name, table_dir)
+                        point(schema_dir.name, table_dir.name, table_dir)
                         names.append(f"{schema_dir.name}.{table_dir.name}")
         if is_delta_table(self.spec.event_log_path):
-            self._point(self.spec.schema, EVENT_LOG_TABLE, self.spec.event_log_path)
+            point(self.spec.schema, EVENT_LOG_TABLE, self.spec.event_log_path)
         return names
 
     @property
