@@ -40,3 +40,15 @@ def test_databricks_maps_to_unity_catalog(monkeypatch):
     assert config.full_table_name("silver", "encounters") == "teaching.silver.encounters"
     assert config.table_name("silver", "encounters") == "silver.encounters"
     assert config.table_path("silver", "encounters") is None
+
+
+def test_importing_utils_is_cheap_and_changes_nothing():
+    """No import side effects: `import utils` loads neither PySpark nor pandas and sets no
+    environment variable (RUST_LOG is set only when a Sail session starts)."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; before = dict(os.environ); import utils, utils.expectations, utils.phi; "
+            "print('pyspark' in sys.modules, 'pandas' in sys.modules, dict(os.environ) == before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]
