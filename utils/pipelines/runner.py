@@ -57,6 +57,23 @@ class PipelineRunFailed(RuntimeError):
         super().__init__("\n".join(lines))
 
 
+@contextmanager
+def spark_conf_set(spark: "SparkSession", values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` on the session's conf for the ``with`` block, then restore what was there
+    (keys that were unset are unset again)."""
+    saved = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 @dataclass
 class FlowResult:
     flow: str
@@ -149,19 +166,9 @@ class Pipeline:
         self.registry: LocalRegistry | None = None
         self.graph: PipelineGraph | None = None
 
-    @contextmanager
-    def _conf(self) -> Iterator[None]:
-        saved = {key: self.spark.conf.get(key, None) for key in self.configuration}
-        for key, value in self.configuration.items():
-            self.spark.conf.set(key, value)
-        try:
-            yield
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    self.spark.conf.unset(key)
-                else:
-                    self.spark.conf.set(key, value)
+    def _conf(self):
+        """The pipeline's configuration, set on the session while it is loaded or run."""
+        return spark_conf_set(self.spark, self.configuration)
 
     # ----- names and places ----------------------------------------------------------------
     def _schema_and_table(self, key: str) -> tuple[str, str]:
@@ -368,84 +375,78 @@ class Pipeline:
         return options
 
     def _run_flow(self, flow, result: FlowResult, pending_view_commits: list) -> None:
+        """Run one flow with its own ``spark_conf`` set on the session (restored afterwards)."""
+        with spark_conf_set(self.spark, getattr(flow.definition, "spark_conf", None) or {}):
+            self._run_flow_with_conf(flow, result, pending_view_commits)
+
+    def _run_flow_with_conf(self, flow, result: FlowResult, pending_view_commits: list) -> None:
         dataset = self.graph.datasets[flow.target]
         path = self.table_path(flow.target) if dataset.kind in ("st", "mv") else None
-        spark_conf = getattr(flow.definition, "spark_conf", None) or {}
-        saved = {k: self.spark.conf.get(k, None) for k in spark_conf}
-        for key, value in spark_conf.items():
-            self.spark.conf.set(key, value)
-        try:
-            if flow.kind == "auto_cdc":
-                self._run_auto_cdc(flow, result, path)
-                return
-            df = flow.definition.func()
-            checkpoint = Checkpoint(self.spec.checkpoint_dir(flow.name))
-            batch_id, batch = None, None
-            if flow.streaming:
-                pending = checkpoint.pending()
-                replan, replan_id = None, None
-                if pending is not None:   # the previous update stopped inside this flow
-                    pending_id, payload = pending
-                    before = payload.get("target_version_before")
-                    now = delta_version(path) if path is not None else None
-                    if now is not None and now > (-1 if before is None else before):
-                        checkpoint.write_commit(pending_id, payload)   # the write had happened
-                    else:   # it had not: process exactly that batch again, under its id
-                        replan, replan_id = payload["sources"], pending_id
-                df, batch = rewrite_streaming_reads(df, self.spark, checkpoint,
-                                                    self._resolve_table, replan)
-                batch_id = replan_id if replan_id is not None else checkpoint.next_batch_id()
-            if METADATA_COLUMN in df.columns:
-                df = df.drop(METADATA_COLUMN)
-            if dataset.kind == "view" and batch is None:
-                df = self._stage_view(df, flow.target)
-            rules = flow.expectations
-            checked = apply_expectations(df, rules) if rules else None
-            result.expectations = checked.metrics if checked else []
-            valid = checked.valid if checked else df
-            total = checked.total_rows if checked else None
+        if flow.kind == "auto_cdc":
+            self._run_auto_cdc(flow, result, path)
+            return
+        df = flow.definition.func()
+        checkpoint = Checkpoint(self.spec.checkpoint_dir(flow.name))
+        batch_id, batch = None, None
+        if flow.streaming:
+            pending = checkpoint.pending()
+            replan, replan_id = None, None
+            if pending is not None:   # the previous update stopped inside this flow
+                pending_id, payload = pending
+                before = payload.get("target_version_before")
+                now = delta_version(path) if path is not None else None
+                if now is not None and now > (-1 if before is None else before):
+                    checkpoint.write_commit(pending_id, payload)   # the write had happened
+                else:   # it had not: process exactly that batch again, under its id
+                    replan, replan_id = payload["sources"], pending_id
+            df, batch = rewrite_streaming_reads(df, self.spark, checkpoint,
+                                                self._resolve_table, replan)
+            batch_id = replan_id if replan_id is not None else checkpoint.next_batch_id()
+        if METADATA_COLUMN in df.columns:
+            df = df.drop(METADATA_COLUMN)
+        if dataset.kind == "view" and batch is None:
+            df = self._stage_view(df, flow.target)
+        rules = flow.expectations
+        checked = apply_expectations(df, rules) if rules else None
+        result.expectations = checked.metrics if checked else []
+        valid = checked.valid if checked else df
+        total = checked.total_rows if checked else None
 
-            if dataset.kind == "view":   # not materialized: no row count, only rule metrics
-                valid.createOrReplaceTempView(flow.target.split(".")[-1])
-                if batch is not None:
-                    pending_view_commits.append((flow.target, checkpoint, batch_id,
-                                                 {"sources": batch.sources}))
-                return
+        if dataset.kind == "view":   # not materialized: no row count, only rule metrics
+            valid.createOrReplaceTempView(flow.target.split(".")[-1])
+            if batch is not None:
+                pending_view_commits.append((flow.target, checkpoint, batch_id,
+                                             {"sources": batch.sources}))
+            return
 
-            before = delta_version(path)
-            if dataset.kind == "st":
-                checkpoint.write_offsets(batch_id, {"sources": batch.sources,
-                                                    "target_version_before": before})
-                writer = valid.write.format("delta").mode("append")
-            else:
-                writer = valid.write.format("delta").mode("overwrite") \
-                    .option("overwriteSchema", "true")
-            for key, value in self._write_options(dataset.output).items():
-                writer = writer.option(key, value)
-            partition_cols = getattr(dataset.output, "partition_cols", None)
-            if partition_cols:
-                writer = writer.partitionBy(*partition_cols)
-            writer.save(str(path))
-            after = delta_version(path)
-            if dataset.kind == "st":
-                checkpoint.write_commit(batch_id, {"sources": batch.sources,
-                                                   "target_version_before": before,
-                                                   "target_version_after": after})
-                rows = rows_added(path, before, after)
-            else:
-                rows = rows_added(path, after - 1, after)
-            if rows is None:
-                rows = valid.count()
-            result.num_output_rows = rows
-            if total is not None:
-                result.dropped_records = total - rows
-            self._register(flow.target)
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    self.spark.conf.unset(key)
-                else:
-                    self.spark.conf.set(key, value)
+        before = delta_version(path)
+        if dataset.kind == "st":
+            checkpoint.write_offsets(batch_id, {"sources": batch.sources,
+                                                "target_version_before": before})
+            writer = valid.write.format("delta").mode("append")
+        else:
+            writer = valid.write.format("delta").mode("overwrite") \
+                .option("overwriteSchema", "true")
+        for key, value in self._write_options(dataset.output).items():
+            writer = writer.option(key, value)
+        partition_cols = getattr(dataset.output, "partition_cols", None)
+        if partition_cols:
+            writer = writer.partitionBy(*partition_cols)
+        writer.save(str(path))
+        after = delta_version(path)
+        if dataset.kind == "st":
+            checkpoint.write_commit(batch_id, {"sources": batch.sources,
+                                               "target_version_before": before,
+                                               "target_version_after": after})
+            rows = rows_added(path, before, after)
+        else:
+            rows = rows_added(path, after - 1, after)
+        if rows is None:
+            rows = valid.count()
+        result.num_output_rows = rows
+        if total is not None:
+            result.dropped_records = total - rows
+        self._register(flow.target)
 
     def view_stage_path(self, key: str) -> Path:
         """Where a (batch) temporary view's rows are staged during an update."""
