@@ -32,7 +32,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import unquote
 
 from utils.pipelines.graph import iter_messages
@@ -277,6 +277,16 @@ def _table_read(spark: "SparkSession", path: Path, start: int | None, end: int,
     return result
 
 
+def streaming_reads(plan: Any) -> Iterator[tuple[Any, Any]]:
+    """(relation message, its ``read``) for every streaming read in a Spark Connect plan,
+    listed up front so a caller may replace the messages while iterating."""
+    for message in list(iter_messages(plan.root)):
+        if message.DESCRIPTOR.full_name != "spark.connect.Relation":
+            continue
+        if message.WhichOneof("rel_type") == "read" and message.read.is_streaming:
+            yield message, message.read
+
+
 def rewrite_streaming_reads(df: "DataFrame", spark: "SparkSession", checkpoint: Checkpoint,
                             resolve_table: Callable[[str], tuple[str, Path | None]],
                             replan: dict | None = None) -> tuple["DataFrame", PlannedBatch]:
@@ -291,12 +301,7 @@ def rewrite_streaming_reads(df: "DataFrame", spark: "SparkSession", checkpoint: 
     plan = df._plan.to_proto(spark.client)
     batch = PlannedBatch()
     uses_metadata = METADATA_COLUMN in str(plan)
-    for message in list(iter_messages(plan.root)):
-        if message.DESCRIPTOR.full_name != "spark.connect.Relation":
-            continue
-        if message.WhichOneof("rel_type") != "read" or not message.read.is_streaming:
-            continue
-        read = message.read
+    for message, read in streaming_reads(plan):
         if read.HasField("data_source"):
             key = _file_source_key(read)
             all_files = list_files(list(read.data_source.paths), dict(read.data_source.options))
@@ -344,12 +349,7 @@ def schema_only(df: "DataFrame", spark: "SparkSession") -> "DataFrame":
 
     plan = df._plan.to_proto(spark.client)
     uses_metadata = METADATA_COLUMN in str(plan)
-    for message in list(iter_messages(plan.root)):
-        if message.DESCRIPTOR.full_name != "spark.connect.Relation":
-            continue
-        if message.WhichOneof("rel_type") != "read" or not message.read.is_streaming:
-            continue
-        read = message.read
+    for message, read in streaming_reads(plan):
         if read.HasField("data_source"):
             files = list_files(list(read.data_source.paths), dict(read.data_source.options))
             replacement = _empty_file_read(spark, read, files, uses_metadata)
