@@ -102,19 +102,6 @@ def csv_quote(values: pa.Array) -> pa.Array:
     return pc.if_else(needs, quoted, values)
 
 
-def replace_rows(values: pa.Array, rows: np.ndarray, new_values: list[str | None]) -> pa.Array:
-    """``values`` with ``values[rows[i]] = new_values[i]`` (rows distinct)."""
-    rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) == 0:
-        return values
-    # a gather is much faster than replace_with_mask on long string arrays
-    index = np.arange(len(values), dtype=np.int64)
-    index[rows] = len(values) + np.arange(len(rows))
-    combined = pa.concat_arrays([values.cast(pa.string()),
-                                 pa.array(new_values, pa.string())])
-    return pc.take(combined, pa.array(index))
-
-
 def row_values(values: pa.Array, rows: np.ndarray) -> list[str | None]:
     """Python strings of a few rows (for the small, per-defect edits)."""
     return pc.take(values, pa.array(np.asarray(rows, dtype=np.int64))).to_pylist()

@@ -121,22 +121,32 @@ class GenerationSummary:
 
 
 # ----------------------------------------------------------------------------------------------
-class Frame:
-    """Records of one source as text, plus what is needed to place them in files.
+#: A column as a recipe: record numbers of the source -> its text for those records, in that
+#: order. Formatting is deferred so each column is formatted once, already in file order (no
+#: gather of the long text lines afterwards), and a defect edit formats only the rows it reads.
+Recipe = Callable[[np.ndarray], pa.Array]
 
-    ``cols`` holds CSV fields (already quoted) or NDJSON fragments (JSON literals) per record;
-    ``batch`` the day index of the batch it is delivered in; ``ts`` the sort time inside a file;
-    ``key`` the manifest record key; ``copy`` marks re-sent duplicates (sorted after
-    originals); ``defect``/``column`` the planted defect of the record ("" when clean).
+
+class Frame:
+    """Records of one source, plus what is needed to place them in files.
+
+    ``rows`` are record numbers of the source (a re-sent copy points at its original);
+    ``cols`` the recipes of CSV fields (already quoted) or NDJSON fragments (JSON literals);
+    ``batch`` the day index of the batch each record is delivered in; ``ts`` the sort time
+    inside a file; ``key`` the recipe of the manifest record key; ``copy`` marks re-sent
+    duplicates (sorted after originals); ``defect``/``column`` the planted defect ("" when
+    clean).
     """
 
-    def __init__(self, cols: dict[str, pa.Array], batch: np.ndarray, ts: np.ndarray,
-                 key: pa.Array, extra: dict[str, np.ndarray] | None = None):
+    def __init__(self, cols: dict[str, Recipe], batch: np.ndarray, ts: np.ndarray,
+                 key: Recipe, extra: dict[str, np.ndarray] | None = None,
+                 rows: np.ndarray | None = None):
         self.cols = cols
         self.batch = np.asarray(batch, dtype=np.int64)
         self.ts = np.asarray(ts, dtype=np.int64)
         self.key = key
         n = len(self.batch)
+        self.rows = np.arange(n, dtype=np.int64) if rows is None else rows
         self.copy = np.zeros(n, dtype=bool)
         self.defect = np.full(n, "", dtype=object)
         self.column = np.full(n, "", dtype=object)
@@ -148,10 +158,8 @@ class Frame:
 
     def take(self, rows: np.ndarray) -> "Frame":
         rows = np.asarray(rows, dtype=np.int64)
-        idx = pa.array(rows)
-        out = Frame({k: pc.take(v, idx) for k, v in self.cols.items()}, self.batch[rows],
-                    self.ts[rows], pc.take(self.key, idx),
-                    {k: v[rows] for k, v in self.extra.items()})
+        out = Frame(self.cols, self.batch[rows], self.ts[rows], self.key,
+                    {k: v[rows] for k, v in self.extra.items()}, self.rows[rows])
         out.copy, out.defect, out.column = self.copy[rows], self.defect[rows], self.column[rows]
         position = {int(r): i for i, r in enumerate(rows)}
         for column, (edited, values) in self.pending.items():
@@ -166,23 +174,20 @@ class Frame:
         pending[0].extend(int(r) for r in rows)
         pending[1].extend(values)
 
-    def render(self, source: str, columns: list[str]) -> tuple[pa.Array, np.ndarray, list[str]]:
-        """Text lines of the records (each ending with a newline), as three parts.
+    def edited_lines(self, source: str, columns: list[str]) -> tuple[np.ndarray, list[str]]:
+        """The records with queued edits (planted defects), rendered in Python.
 
-        Lines are composed from the clean columns in one vectorized pass; the few records
-        with queued edits (planted defects) are re-rendered in Python. Returns the clean
-        lines, the edited row numbers and their rendered lines; the caller swaps them in
-        with the one gather that also sorts the file, so no column is ever rewritten.
+        Returns their row numbers and lines (each ending with a newline); the caller swaps
+        them in for the clean lines when it writes the files.
         """
-        lines = compose_lines(source, self, columns)
         if not self.pending:
-            return lines, np.zeros(0, dtype=np.int64), []
+            return np.zeros(0, dtype=np.int64), []
         rows = sorted({r for edited, _ in self.pending.values() for r in edited})
         rows_arr = np.array(rows, dtype=np.int64)
         position = {r: i for i, r in enumerate(rows)}
         template = TEMPLATES.get(source)
         names = [p for p in template if p in self.cols] if template else columns
-        values = {c: fmt.row_values(self.cols[c], rows_arr) for c in dict.fromkeys(names)}
+        values = {c: self.get(c, rows_arr) for c in dict.fromkeys(names)}
         for column, (edited, new_values) in self.pending.items():
             target = values[column]
             for r, v in zip(edited, new_values):
@@ -193,21 +198,26 @@ class Frame:
         else:
             rendered = [",".join(values[c][i] for c in columns) + "\n"
                         for i in range(len(rows))]
-        return lines, rows_arr, rendered
+        return rows_arr, rendered
 
     def get(self, column: str, rows: np.ndarray) -> list[str | None]:
         """Values as delivered before queued edits (each record gets one defect, so the rows
         read are never rows already edited)."""
-        return fmt.row_values(self.cols[column], rows)
+        return self.cols[column](self.rows[np.asarray(rows, dtype=np.int64)]).to_pylist()
 
 
 def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(np.asarray(mask, dtype=bool)), "", values)
 
 
+def _blank_unless(recipe: Recipe, live: np.ndarray) -> Recipe:
+    """The recipe with empty text for the records where ``live`` is false."""
+    return lambda r: _empty_if(recipe(r), ~live[r])
+
+
 # ----------------------------------------------------------------------------------------------
 def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
-    """Per source, a function building its clean records as text (batch day, sort time).
+    """Per source, a function building its records (column recipes, batch day, sort time).
 
     Sources are built one at a time, when written, so only one source's text is in memory.
     """
@@ -227,64 +237,81 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         area = np.array([c[3] for c in M.CITIES])
         zip3 = np.array([c[2] for c in M.CITIES], dtype=object)
         phone_num = P["phone"][pat, v]
-        phone = np.char.add(np.char.add(np.char.add(area[city_idx].astype(str), "-"),
-                                        (phone_num // 10_000).astype(str)),
-                            np.char.add("-", np.char.zfill((phone_num % 10_000).astype(str), 4)))
-        zip_code = np.char.add(zip3[city_idx].astype(str),
-                               np.char.zfill(P["zip2"][pat, v].astype(str), 2))
-        address = np.char.add(np.char.add(P["street_no"][pat, v].astype(str), " "),
-                              P["street"][pat, v].astype(str))
-        n_ch = len(pat)
-        cols = {
-            "change_id": fmt.prefixed_ids("CHG", np.arange(1, n_ch + 1), 9),
-            "operation": fmt.pick(["INSERT", "UPDATE", "DELETE"], op),
-            "change_ts": fmt.timestamps(ch["ts"]),
-            "mrn": fmt.prefixed_ids("MRN", pat + 1, 7),
-            "first_name": fmt.csv_quote(pa.array(P["first_name"][pat], pa.string())),
-            "last_name": fmt.csv_quote(pa.array(P["last_name"][pat], pa.string())),
-            "birth_date": fmt.dates(P["birth_day"][pat]),
-            "sex": fmt.pick(["F", "M", "U"], P["sex"][pat]),
-            "address_line": fmt.csv_quote(pa.array(address.astype(object), pa.string())),
-            "city": fmt.pick(cities, city_idx),
-            "state": fmt.pick(states, city_idx),
-            "zip": pa.array(zip_code.astype(object), pa.string()),
-            "phone": pa.array(phone.astype(object), pa.string()),
-            "ssn": pa.array(P["ssn"][pat], pa.string()),
-            "payer_id": fmt.pick(payer_ids, P["payer"][pat, v]),
+        zip2 = P["zip2"][pat, v]
+        street_no = P["street_no"][pat, v]
+        street = P["street"][pat, v]
+
+        def phone(r: np.ndarray) -> pa.Array:
+            num = phone_num[r]
+            text = np.char.add(np.char.add(np.char.add(area[city_idx[r]].astype(str), "-"),
+                                           (num // 10_000).astype(str)),
+                               np.char.add("-", np.char.zfill((num % 10_000).astype(str), 4)))
+            return pa.array(text.astype(object), pa.string())
+
+        def zip_code(r: np.ndarray) -> pa.Array:
+            text = np.char.add(zip3[city_idx[r]].astype(str),
+                               np.char.zfill(zip2[r].astype(str), 2))
+            return pa.array(text.astype(object), pa.string())
+
+        def address(r: np.ndarray) -> pa.Array:
+            text = np.char.add(np.char.add(street_no[r].astype(str), " "),
+                               street[r].astype(str))
+            return fmt.csv_quote(pa.array(text.astype(object), pa.string()))
+
+        def change_id(r: np.ndarray) -> pa.Array:
+            return fmt.prefixed_ids("CHG", r + 1, 9)
+
+        cols: dict[str, Recipe] = {
+            "change_id": change_id,
+            "operation": lambda r: fmt.pick(["INSERT", "UPDATE", "DELETE"], op[r]),
+            "change_ts": lambda r: fmt.timestamps(ch["ts"][r]),
+            "mrn": lambda r: fmt.prefixed_ids("MRN", pat[r] + 1, 7),
+            "first_name": lambda r: fmt.csv_quote(pa.array(P["first_name"][pat[r]], pa.string())),
+            "last_name": lambda r: fmt.csv_quote(pa.array(P["last_name"][pat[r]], pa.string())),
+            "birth_date": lambda r: fmt.dates(P["birth_day"][pat[r]]),
+            "sex": lambda r: fmt.pick(["F", "M", "U"], P["sex"][pat[r]]),
+            "address_line": address,
+            "city": lambda r: fmt.pick(cities, city_idx[r]),
+            "state": lambda r: fmt.pick(states, city_idx[r]),
+            "zip": zip_code,
+            "phone": phone,
+            "ssn": lambda r: pa.array(P["ssn"][pat[r]], pa.string()),
+            "payer_id": lambda r: fmt.pick(payer_ids, P["payer"][pat[r], v[r]]),
         }
         for name in list(cols)[4:]:
-            cols[name] = _empty_if(cols[name], ~live)
+            cols[name] = _blank_unless(cols[name], live)
         day = ch["ts"] // M.DAY - d0
-        return Frame(cols, day, ch["ts"], cols["change_id"],
+        return Frame(cols, day, ch["ts"], change_id,
                      {"op": op, "next_gap": _days_to_next_change(pat, ch["ts"])})
         # record id order follows change time, so change_id is increasing within the export
         # (the lexsort in the model already ordered the records by time)
 
     def encounters() -> Frame:
         # --- encounters ---------------------------------------------------------------------------
-        m = len(E["pat"])
-        enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
-        mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
-        cols = {
-            "encounter_id": enc_ids,
-            "mrn": mrn_of_enc,
-            "facility_id": pa.array(world.facilities["facility_id"][E["fac"]], pa.string()),
-            "provider_npi": pa.array(world.providers["npi"][E["prov"]], pa.string()),
-            "encounter_class": fmt.pick(M.CLASSES, E["cls"]),
-            "admit_ts": fmt.timestamps(E["admit"]),
-            "discharge_ts": fmt.timestamps(E["disch"]),
-            "admission_type": fmt.pick(M.ADMISSION_TYPES, E["adm_type"]),
-            "admission_source": fmt.pick(M.ADMISSION_SOURCES, E["adm_src"]),
-            "discharge_disposition": fmt.pick(M.DISPOSITIONS, E["disp"]),
-            "payer_id": fmt.pick(payer_ids, E["payer"]),
-            "primary_dx": pa.array(E["primary"], pa.string()),
-            "secondary_dx": pa.array(E["secondary"], pa.string()),
-            "total_charge": fmt.scaled_integers(E["charge_cents"], 2),
+        facility_ids = world.facilities["facility_id"]
+        npis = world.providers["npi"]
+
+        def encounter_id(r: np.ndarray) -> pa.Array:
+            return fmt.prefixed_ids("ENC", r + 1, 9)
+
+        cols: dict[str, Recipe] = {
+            "encounter_id": encounter_id,
+            "mrn": lambda r: fmt.prefixed_ids("MRN", E["pat"][r] + 1, 7),
+            "facility_id": lambda r: fmt.pick(facility_ids, E["fac"][r]),
+            "provider_npi": lambda r: fmt.pick(npis, E["prov"][r]),
+            "encounter_class": lambda r: fmt.pick(M.CLASSES, E["cls"][r]),
+            "admit_ts": lambda r: fmt.timestamps(E["admit"][r]),
+            "discharge_ts": lambda r: fmt.timestamps(E["disch"][r]),
+            "admission_type": lambda r: fmt.pick(M.ADMISSION_TYPES, E["adm_type"][r]),
+            "admission_source": lambda r: fmt.pick(M.ADMISSION_SOURCES, E["adm_src"][r]),
+            "discharge_disposition": lambda r: fmt.pick(M.DISPOSITIONS, E["disp"][r]),
+            "payer_id": lambda r: fmt.pick(payer_ids, E["payer"][r]),
+            "primary_dx": lambda r: pa.array(E["primary"][r], pa.string()),
+            "secondary_dx": lambda r: pa.array(E["secondary"][r], pa.string()),
+            "total_charge": lambda r: fmt.scaled_integers(E["charge_cents"][r], 2),
         }
-        drg = pc.if_else(pa.array(E["drg"] >= 0),
-                         pc.utf8_lpad(fmt.integers(np.maximum(E["drg"], 0)), 3, "0"), "")
-        return Frame(cols, E["disch"] // M.DAY - d0, E["disch"], enc_ids,
-                                         {"drg": drg.to_numpy(zero_copy_only=False)})
+        return Frame(cols, E["disch"] // M.DAY - d0, E["disch"], encounter_id,
+                     {"drg": E["drg"]})
 
     def observations() -> Frame:
         # --- lab results (FHIR Observation) -----------------------------------------------------
@@ -295,28 +322,30 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         lab_codes = [t[0] for t in M.LABS]
         decimals = np.array([t[1] for t in M.LABS])
         units = loinc.loc[lab_codes, "unit"].tolist()
+        names = loinc.loc[lab_codes, "name"].tolist()
         k = len(L["enc"])
         width = max(6, len(str(k)))
-        obs_ids = fmt.prefixed_ids("obs-", np.arange(1, k + 1), width)
-        value_text = _fixed_by_decimals(L["value"], decimals[L["test"]])
         low = loinc.loc[lab_codes, "ref_low"].to_numpy()
         high = loinc.loc[lab_codes, "ref_high"].to_numpy()
         low_txt = [_num(x, 2) for x in low]
         high_txt = [_num(x, 2) for x in high]
-        cols = {
-            "id": fmt.prefixed_ids('"obs-', np.arange(1, k + 1), width, '"'),
-            "subject": fmt.prefixed_ids('"Patient/MRN', E["pat"][L["enc"]] + 1, 7, '"'),
-            "encounter": fmt.prefixed_ids('"Encounter/ENC', L["enc"] + 1, 9, '"'),
-            "code": fmt.pick(lab_codes, L["test"], json=True),
-            "display": fmt.pick(loinc.loc[lab_codes, "name"].tolist(), L["test"], json=True),
-            "effective": fmt.timestamps(L["ts"], 'Z"', '"'),
-            "value": value_text,
-            "unit": fmt.pick(units, L["test"], json=True),
-            "low": fmt.pick(low_txt, L["test"]),
-            "high": fmt.pick(high_txt, L["test"]),
+        test = L["test"]
+        cols: dict[str, Recipe] = {
+            "id": lambda r: fmt.prefixed_ids('"obs-', r + 1, width, '"'),
+            "subject": lambda r: fmt.prefixed_ids('"Patient/MRN', E["pat"][L["enc"][r]] + 1, 7,
+                                                  '"'),
+            "encounter": lambda r: fmt.prefixed_ids('"Encounter/ENC', L["enc"][r] + 1, 9, '"'),
+            "code": lambda r: fmt.pick(lab_codes, test[r], json=True),
+            "display": lambda r: fmt.pick(names, test[r], json=True),
+            "effective": lambda r: fmt.timestamps(L["ts"][r], 'Z"', '"'),
+            "value": lambda r: _fixed_by_decimals(L["value"][r], decimals[test[r]]),
+            "unit": lambda r: fmt.pick(units, test[r], json=True),
+            "low": lambda r: fmt.pick(low_txt, test[r]),
+            "high": lambda r: fmt.pick(high_txt, test[r]),
         }
-        return Frame(cols, L["ts"] // M.DAY - d0, L["ts"], obs_ids,
-                                            {"test": L["test"], "value": L["value"]})
+        return Frame(cols, L["ts"] // M.DAY - d0, L["ts"],
+                     lambda r: fmt.prefixed_ids("obs-", r + 1, width),
+                     {"test": L["test"], "value": L["value"]})
 
     def medications() -> Frame:
         # --- medications (FHIR MedicationRequest) -----------------------------------------------
@@ -324,61 +353,70 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         rx = load_code_table("rxnorm")
         k = len(R["enc"])
         width = max(6, len(str(k)))
-        med_ids = fmt.prefixed_ids("medrx-", np.arange(1, k + 1), width)
         dose = [_num(x, 3) for x in rx["dose_value"]]
         dose_text = [f"{d} {u} {f}" for d, u, f in zip(dose, rx["dose_unit"], rx["frequency"])]
+        codes, names, units = (rx["code"].tolist(), rx["name"].tolist(),
+                               rx["dose_unit"].tolist())
         start_day = R["ts"] // M.DAY
-        cols = {
-            "id": fmt.prefixed_ids('"medrx-', np.arange(1, k + 1), width, '"'),
-            "status": fmt.pick(["active", "completed", "stopped"], R["status"], json=True),
-            "subject": fmt.prefixed_ids('"Patient/MRN', E["pat"][R["enc"]] + 1, 7, '"'),
-            "encounter": fmt.prefixed_ids('"Encounter/ENC', R["enc"] + 1, 9, '"'),
-            "code": fmt.pick(rx["code"].tolist(), R["drug"], json=True),
-            "display": fmt.pick(rx["name"].tolist(), R["drug"], json=True),
-            "authored": fmt.timestamps(R["ts"], 'Z"', '"'),
-            "dose_text": fmt.pick(dose_text, R["drug"], json=True),
-            "dose": fmt.pick(dose, R["drug"]),
-            "dose_unit": fmt.pick(rx["dose_unit"].tolist(), R["drug"], json=True),
-            "start": fmt.dates(start_day, '"'),
-            "end": fmt.dates(start_day + R["days"], '"'),
+        drug = R["drug"]
+        cols: dict[str, Recipe] = {
+            "id": lambda r: fmt.prefixed_ids('"medrx-', r + 1, width, '"'),
+            "status": lambda r: fmt.pick(["active", "completed", "stopped"], R["status"][r],
+                                         json=True),
+            "subject": lambda r: fmt.prefixed_ids('"Patient/MRN', E["pat"][R["enc"][r]] + 1, 7,
+                                                  '"'),
+            "encounter": lambda r: fmt.prefixed_ids('"Encounter/ENC', R["enc"][r] + 1, 9, '"'),
+            "code": lambda r: fmt.pick(codes, drug[r], json=True),
+            "display": lambda r: fmt.pick(names, drug[r], json=True),
+            "authored": lambda r: fmt.timestamps(R["ts"][r], 'Z"', '"'),
+            "dose_text": lambda r: fmt.pick(dose_text, drug[r], json=True),
+            "dose": lambda r: fmt.pick(dose, drug[r]),
+            "dose_unit": lambda r: fmt.pick(units, drug[r], json=True),
+            "start": lambda r: fmt.dates(start_day[r], '"'),
+            "end": lambda r: fmt.dates(start_day[r] + R["days"][r], '"'),
         }
-        return Frame(cols, R["ts"] // M.DAY - d0, R["ts"], med_ids)
+        return Frame(cols, R["ts"] // M.DAY - d0, R["ts"],
+                     lambda r: fmt.prefixed_ids("medrx-", r + 1, width))
 
     def claims() -> Frame:
         # --- claims -----------------------------------------------------------------------------
         C = world.claims
-        m = len(E["pat"])
-        enc_ids = fmt.prefixed_ids("ENC", np.arange(1, m + 1), 9)
-        mrn_of_enc = fmt.prefixed_ids("MRN", E["pat"] + 1, 7)
         lc = C["line_claim"]
         enc_of_line = C["enc"][lc]
-        claim_ids = fmt.prefixed_ids("CLM", C["enc"] + 1, 9)     # one claim per encounter
-        line_claim_id = pc.take(claim_ids, pa.array(lc))
         status = C["status"][lc]
         pending = status == 2
         denial = C["denial"][lc]
         adjudicated = C["adjudicated"][lc]
-        cols = {
-            "claim_id": line_claim_id,
-            "line_number": fmt.integers(C["line_no"]),
-            "encounter_id": pc.take(enc_ids, pa.array(enc_of_line)),
-            "mrn": pc.take(mrn_of_enc, pa.array(enc_of_line)),
-            "payer_id": fmt.pick(payer_ids, E["payer"][enc_of_line]),
-            "service_date": fmt.dates(E["admit"][enc_of_line] // M.DAY),
-            "cpt_code": pa.array(C["code"], pa.string()),
-            "units": fmt.integers(C["units"]),
-            "billed_amount": fmt.scaled_integers(C["billed"], 2),
-            "allowed_amount": _empty_if(fmt.scaled_integers(C["allowed"], 2), pending),
-            "paid_amount": _empty_if(fmt.scaled_integers(C["paid"], 2), pending),
-            "claim_status": fmt.pick(M.CLAIM_STATUSES, status),
-            "denial_reason": _empty_if(fmt.pick(M.DENIAL_REASONS, np.maximum(denial, 0)),
-                                       denial < 0),
-            "adjudication_date": fmt.dates(adjudicated),
+
+        def claim_id(r: np.ndarray) -> pa.Array:               # one claim per encounter
+            return fmt.prefixed_ids("CLM", enc_of_line[r] + 1, 9)
+
+        def line_number(r: np.ndarray) -> pa.Array:
+            return fmt.integers(C["line_no"][r])
+
+        cols: dict[str, Recipe] = {
+            "claim_id": claim_id,
+            "line_number": line_number,
+            "encounter_id": lambda r: fmt.prefixed_ids("ENC", enc_of_line[r] + 1, 9),
+            "mrn": lambda r: fmt.prefixed_ids("MRN", E["pat"][enc_of_line[r]] + 1, 7),
+            "payer_id": lambda r: fmt.pick(payer_ids, E["payer"][enc_of_line[r]]),
+            "service_date": lambda r: fmt.dates(E["admit"][enc_of_line[r]] // M.DAY),
+            "cpt_code": lambda r: pa.array(C["code"][r], pa.string()),
+            "units": lambda r: fmt.integers(C["units"][r]),
+            "billed_amount": lambda r: fmt.scaled_integers(C["billed"][r], 2),
+            "allowed_amount": lambda r: _empty_if(fmt.scaled_integers(C["allowed"][r], 2),
+                                                  pending[r]),
+            "paid_amount": lambda r: _empty_if(fmt.scaled_integers(C["paid"][r], 2), pending[r]),
+            "claim_status": lambda r: fmt.pick(M.CLAIM_STATUSES, status[r]),
+            "denial_reason": lambda r: _empty_if(fmt.pick(M.DENIAL_REASONS,
+                                                          np.maximum(denial[r], 0)),
+                                                 denial[r] < 0),
+            "adjudication_date": lambda r: fmt.dates(adjudicated[r]),
         }
-        key = pc.binary_join_element_wise(line_claim_id, cols["line_number"], ":")
         # sort time: adjudication day, then claim and line order
         sort_ts = adjudicated * M.DAY + (np.arange(len(lc)) % M.DAY)
-        return Frame(cols, adjudicated - d0, sort_ts, key)
+        return Frame(cols, adjudicated - d0, sort_ts,
+                     lambda r: pc.binary_join_element_wise(claim_id(r), line_number(r), ":"))
     return {"ehr_patients": patients, "ehr_encounters": encounters,
             "fhir_observations": observations, "fhir_medications": medications,
             "payer_claims": claims}
@@ -719,18 +757,29 @@ TEMPLATES = {"fhir_observations": OBSERVATION_TEMPLATE, "fhir_medications": MEDI
 
 
 # ----------------------------------------------------------------------------------------------
-def compose_lines(source: str, frame: Frame, columns: list[str]) -> pa.Array:
-    """One text line per record, each ending with a newline."""
+def compose_lines(source: str, frame: Frame, rows: np.ndarray, columns: list[str]) -> pa.Array:
+    """One text line per record number in ``rows`` (in that order), each ending with a newline.
+
+    Each column recipe is evaluated once over all the rows, so the lines come out in file
+    order and no long text array is gathered afterwards.
+    """
+    if len(rows) == 0:
+        return pa.array([], pa.string())
+    formatted: dict[str, pa.Array] = {}
+
+    def text(name: str) -> pa.Array:
+        if name not in formatted:
+            formatted[name] = frame.cols[name](rows)
+        return formatted[name]
+
     if source in TEMPLATES:
-        parts = [frame.cols[p] if p in frame.cols else p for p in TEMPLATES[source]]
+        parts = [text(p) if p in frame.cols else p for p in TEMPLATES[source]]
     else:
         parts = []
         for i, c in enumerate(columns):
             if i:
                 parts.append(",")
-            parts.append(frame.cols[c])
-    if len(frame) == 0:
-        return pa.array([], pa.string())
+            parts.append(text(c))
     return pc.binary_join_element_wise(*parts, "\n", "")
 
 
@@ -776,56 +825,51 @@ def prepare_out_dir(out_dir: Path) -> None:
             entry.unlink()
 
 
-class _LineStore:
-    """Lines kept in a list of Arrow chunks, and where each record's current line is.
+class _Lines:
+    """A source's lines in file order: the clean lines composed in one pass, plus the few lines
+    replaced by planted defects (kept aside and swapped in when the files are written, so the
+    long array is never copied for an edit)."""
 
-    Planted edits append small chunks and repoint ``where``; ``gather`` builds the sorted file
-    contents in one pass, so the big arrays are copied once instead of once per edit.
-    """
+    def __init__(self, clean: pa.Array):
+        self.clean = clean
+        self.replaced: dict[int, str] = {}
+        self._positions: np.ndarray | None = None
 
-    def __init__(self):
-        self.chunks: list[pa.Array] = []
-        self.offset = 0
-        self.where = np.zeros(0, dtype=np.int64)
+    def replace(self, positions: np.ndarray, texts: list[str]) -> None:
+        self.replaced.update(zip((int(p) for p in positions), texts))
+        self._positions = None
 
-    def add(self, clean: pa.Array, edited: np.ndarray, rendered: list[str]) -> np.ndarray:
-        """Add a part's clean lines and its edited lines; return where its records are."""
-        where = np.arange(len(clean), dtype=np.int64) + self.offset
-        self.chunks.append(clean)
-        self.offset += len(clean)
-        if len(edited):
-            self.chunks.append(pa.array(rendered, pa.string()))
-            where[edited] = self.offset + np.arange(len(edited))
-            self.offset += len(edited)
-        return where
+    def texts_of(self, positions: np.ndarray) -> list[str]:
+        """The current lines at ``positions`` (replaced ones included)."""
+        clean = self.clean.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
+        return [self.replaced.get(int(p), c) for p, c in zip(positions, clean)]
 
-    def swap_in(self, rows: np.ndarray, texts: list[str]) -> None:
-        self.chunks.append(pa.array(texts, pa.string()))
-        self.where[rows] = self.offset + np.arange(len(rows))
-        self.offset += len(rows)
-
-    def texts_of(self, rows: np.ndarray) -> list[str]:
-        return pc.take(pa.chunked_array(self.chunks, pa.string()),
-                       pa.array(self.where[rows])).to_pylist()
-
-    def gather(self) -> pa.ChunkedArray:
-        return pc.take(pa.chunked_array(self.chunks, pa.string()), pa.array(self.where))
-
-
-def _write_file(path: Path, header: str | None, lines: pa.Array | pa.ChunkedArray) -> None:
-    """Header plus the lines' bytes straight from the Arrow buffers (no Python join)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    chunks = lines.chunks if isinstance(lines, pa.ChunkedArray) else [lines]
-    with open(path, "wb") as handle:
-        if header is not None:
-            handle.write(header.encode("utf-8"))
-        for chunk in chunks:
-            if not len(chunk):
-                continue
+    def write(self, path: Path, header: str | None, lo: int, hi: int) -> None:
+        """Lines ``lo`` to ``hi`` (exclusive) as one file: runs of clean lines straight from the
+        Arrow buffer (no Python join), the replaced lines in between."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as handle:
+            if header is not None:
+                handle.write(header.encode("utf-8"))
+            if hi <= lo:
+                return
+            if self._positions is None:
+                self._positions = np.array(sorted(self.replaced), dtype=np.int64)
+            replaced = self._positions[np.searchsorted(self._positions, lo):
+                                       np.searchsorted(self._positions, hi)]
+            chunk = self.clean
             buffers = chunk.buffers()
             offsets = np.frombuffer(buffers[1], dtype=np.int32,
                                     count=chunk.offset + len(chunk) + 1)[chunk.offset:]
-            handle.write(memoryview(buffers[2])[int(offsets[0]):int(offsets[-1])])
+            data = memoryview(buffers[2])
+            start = lo
+            for p in replaced.tolist():
+                if p > start:
+                    handle.write(data[int(offsets[start]):int(offsets[p])])
+                handle.write(self.replaced[p].encode("utf-8"))
+                start = p + 1
+            if hi > start:
+                handle.write(data[int(offsets[start]):int(offsets[hi])])
 
 
 def _csv_line(values: list[str]) -> str:
@@ -916,23 +960,23 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         is_csv = spec["format"] == "csv"
         columns = spec.get("columns", [])
         parts = [frame, *planter.copies]
-        store = _LineStore()
-        where_parts = [store.add(*part.render(source, columns)) for part in parts]
         batch = np.concatenate([part.batch for part in parts])
         ts = np.concatenate([part.ts for part in parts])
         copy = np.concatenate([part.copy for part in parts])
         defect = np.concatenate([part.defect for part in parts])
         column = np.concatenate([part.column for part in parts])
-        key = pa.concat_arrays([part.key for part in parts])
-        drg = np.concatenate([part.extra["drg"] for part in parts]) if "drg" in frame.extra \
-            else None
-        truncate = np.zeros(len(batch), dtype=bool)
-        truncate[planter.truncate_rows] = True
+        records = np.concatenate([part.rows for part in parts])
         order = np.lexsort((np.arange(len(batch)), ts, copy, batch))
-        store.where = np.concatenate(where_parts)[order]
-        key = pc.take(key, pa.array(order))
-        batch, defect, column, truncate = batch[order], defect[order], column[order], \
-            truncate[order]
+        position = np.empty_like(order)                 # file position of each part row
+        position[order] = np.arange(len(order))
+        records, batch, defect, column = records[order], batch[order], defect[order], \
+            column[order]
+        lines = _Lines(compose_lines(source, frame, records, columns))
+        start = 0
+        for part in parts:
+            edited, rendered = part.edited_lines(source, columns)
+            lines.replace(position[start + edited], rendered)
+            start += len(part)
         drift_day = -1
         if is_csv and source == "ehr_encounters" and defect_rate > 0 and days >= 3:
             counts = np.bincount(batch, minlength=days)
@@ -941,12 +985,13 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
                 drift_day = days // 3 + int(candidates[int(rng.integers(0, len(candidates)))])
         if drift_day >= 0:
             rows_d = np.flatnonzero(batch == drift_day)
-            extra = drg[order][rows_d]
-            store.swap_in(rows_d, [text[:-1] + "," + value + "\n"
-                                   for text, value in zip(store.texts_of(rows_d), extra)])
-        if truncate.any():
-            rows_t = np.flatnonzero(truncate)
-            old = store.texts_of(rows_t)
+            drg = frame.extra["drg"][records[rows_d]]
+            extra = [f"{x:03d}" if x >= 0 else "" for x in drg.tolist()]
+            lines.replace(rows_d, [text[:-1] + "," + value + "\n"
+                                   for text, value in zip(lines.texts_of(rows_d), extra)])
+        if planter.truncate_rows:
+            rows_t = np.sort(position[np.asarray(planter.truncate_rows, dtype=np.int64)])
+            old = lines.texts_of(rows_t)
             if is_csv:
                 new = [_truncate_csv(_raw_fields(text[:-1]), rng) + "\n" for text in old]
             else:
@@ -954,15 +999,15 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
                 for text in old:
                     cut = int(len(text) * (0.3 + 0.5 * rng.random()))
                     new.append(text[:cut] + "\n")
-            store.swap_in(rows_t, new)
-        lines = store.gather()
+            lines.replace(rows_t, new)
 
         # files: one per day (header-only / empty when a day has no records)
         bounds = np.searchsorted(batch, np.arange(days + 1))
         first_line = 2 if is_csv else 1
-        line_no = np.arange(len(batch)) - bounds[batch] + first_line
         pattern = spec["file_pattern"]
-        keys = key.to_pylist() if (defect != "").any() else []
+        flagged = np.flatnonzero(defect != "")
+        keys = dict(zip(flagged.tolist(), frame.key(records[flagged]).to_pylist())) \
+            if len(flagged) else {}
         for d in range(days):
             day_name = day_names[d]
             rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
@@ -971,19 +1016,20 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
                 header = ",".join(columns + ([SCHEMA_DRIFT_COLUMN] if d == drift_day else []))
                 header += "\n"
             lo, hi = int(bounds[d]), int(bounds[d + 1])
-            _write_file(out / rel, header, lines.slice(lo, hi - lo))
+            lines.write(out / rel, header, lo, hi)
             files.append({"source": source, "entity": entity, "file": rel,
                           "format": spec["format"], "rows": hi - lo})
             if d == drift_day:
                 defects.append({"defect_type": "schema_drift", "source": source, "file": rel,
                                 "line": 1, "record_key": None, "column": SCHEMA_DRIFT_COLUMN})
-            for i in np.flatnonzero(defect[lo:hi] != "") + lo:
+            for i in flagged[np.searchsorted(flagged, lo):np.searchsorted(flagged, hi)].tolist():
                 defects.append({"defect_type": str(defect[i]), "source": source,
-                                "file": rel, "line": int(line_no[i]), "record_key": keys[i],
+                                "file": rel, "line": i - lo + first_line, "record_key": keys[i],
                                 "column": str(column[i]) or None})
         rows_per_entity[entity] = len(batch)
-        del frame, parts, store, lines, planter       # free this source before the next one
+        del frame, parts, lines, planter       # free this source before the next one
         bar.update(1)
+
 
     defect_counts: dict[str, int] = {}
     for d in defects:
