@@ -197,12 +197,31 @@ def npi_is_valid(npi: str) -> bool:
     return total % 10 == 0
 
 
+def _cumulative(probs: np.ndarray) -> np.ndarray:
+    """Cumulative probabilities of each row of ``probs`` (rows normalized to sum to one)."""
+    probs = np.asarray(probs, dtype=float)
+    return np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+
+
 def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One category index per row from row-specific probability vectors (rows of ``probs``)."""
-    probs = np.asarray(probs, dtype=float)
-    cum = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
-    u = rng.random(len(probs))[:, None]
-    return np.minimum((u > cum).sum(axis=1), probs.shape[1] - 1)
+    cum = _cumulative(probs)
+    u = rng.random(len(cum))[:, None]
+    return np.minimum((u > cum).sum(axis=1), cum.shape[1] - 1)
+
+
+def _categorical_by_group(rng: np.random.Generator, table: np.ndarray,
+                          group: np.ndarray) -> np.ndarray:
+    """``_categorical(rng, table[group])`` -- the same draw and the same categories -- without
+    building rows x categories matrices: rows sharing a probability vector are looked up with
+    a binary search in its cumulative row (the count of cumulative values below ``u``)."""
+    cum = _cumulative(table)
+    u = rng.random(len(group))
+    out = np.zeros(len(group), dtype=np.int64)
+    for g in range(len(cum)):
+        sel = group == g
+        out[sel] = np.searchsorted(cum[g], u[sel], side="left")
+    return np.minimum(out, cum.shape[1] - 1)
 
 
 class NamePools:
@@ -336,7 +355,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     last_name = names.draw(rng, "last", n)
     payer_type_p = np.array([[0.00, 0.40, 0.57, 0.03], [0.03, 0.20, 0.66, 0.11],
                              [0.06, 0.14, 0.73, 0.07], [0.90, 0.05, 0.04, 0.01]])
-    payer0 = _payer_for(rng, payer_type_p[age_band])
+    payer0 = _payer_for(rng, payer_type_p, age_band)
     home_phone = rng.integers(2_000_000, 10_000_000, n)     # exchange 200-999 + line
     ssn = np.char.add(np.char.add(np.char.add(np.char.add(
         rng.integers(900, 1000, n).astype(str), "-"),
@@ -459,8 +478,8 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     moved_city = np.where(rng.random((n, 3)) < 0.25, rng.choice(len(CITIES), size=(n, 3),
                                                                  p=city_w / city_w.sum()),
                           city[:, None])
-    new_payer = np.stack([payer0, _payer_for(rng, payer_type_p[age_band]),
-                          _payer_for(rng, payer_type_p[age_band])], axis=1)
+    new_payer = np.stack([payer0, _payer_for(rng, payer_type_p, age_band),
+                          _payer_for(rng, payer_type_p, age_band)], axis=1)
     new_phone = rng.integers(2_000_000, 10_000_000, (n, 3))
     v_street_no, v_street, v_zip2, v_city = (street_no.copy(), street.copy(), zip2.copy(),
                                              moved_city.copy())
@@ -576,9 +595,11 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
 
 
 # ----------------------------------------------------------------------------------------------
-def _payer_for(rng: np.random.Generator, type_probs: np.ndarray) -> np.ndarray:
-    """A payer index per row: payer type by age band, then a plan of that type."""
-    ptype = _categorical(rng, type_probs)
+def _payer_for(rng: np.random.Generator, type_probs: np.ndarray,
+               band: np.ndarray) -> np.ndarray:
+    """A payer index per row: payer type by age band (``type_probs[band]``), then a plan of
+    that type."""
+    ptype = _categorical_by_group(rng, type_probs, band)
     by_type = [[i for i, p in enumerate(PAYERS) if p[2] == t] for t in range(len(PAYER_TYPES))]
     choice = (rng.random(len(ptype)) * np.array([len(b) for b in by_type])[ptype]).astype(int)
     table = np.array([b + [b[0]] * (3 - len(b)) for b in by_type])
@@ -586,14 +607,27 @@ def _payer_for(rng: np.random.Generator, type_probs: np.ndarray) -> np.ndarray:
 
 
 def _dispositions(rng: np.random.Generator, cls: np.ndarray, age: np.ndarray) -> np.ndarray:
+    """Discharge disposition per encounter: inpatient stays by age, emergency visits mostly
+    home, every other class home.
+
+    One uniform draw per encounter, as ``_categorical`` over the per-row probabilities would
+    make; only inpatient rows (age-specific) get their own cumulative row, the rest share one.
+    """
     m = len(cls)
-    elderly = np.clip((age - 60) / 30, 0, 1)[:, None]
+    if not m:
+        return np.zeros(0, int)
     inp = np.array([0.62, 0.10, 0.13, 0.04, 0.03, 0.02, 0.02, 0.015])
     inp_old = np.array([0.42, 0.22, 0.17, 0.06, 0.03, 0.01, 0.05, 0.04])
     emer = np.array([0.955, 0.0, 0.0, 0.0, 0.02, 0.023, 0.0, 0.002])
-    p = np.where((cls == INP)[:, None], inp * (1 - elderly) + inp_old * elderly,
-                 np.where((cls == EMER)[:, None], emer, np.eye(8)[0]))
-    return _categorical(rng, p) if m else np.zeros(0, int)
+    u = rng.random(m)
+    out = np.zeros(m, dtype=np.int64)            # other classes: all mass on home (index 0)
+    rows = np.flatnonzero(cls == INP)
+    elderly = np.clip((age[rows] - 60) / 30, 0, 1)[:, None]
+    cum = _cumulative(inp * (1 - elderly) + inp_old * elderly)
+    out[rows] = (u[rows, None] > cum).sum(axis=1)
+    rows = np.flatnonzero(cls == EMER)
+    out[rows] = np.searchsorted(_cumulative(emer[None, :])[0], u[rows], side="left")
+    return np.minimum(out, len(inp) - 1)
 
 
 def _drop_overlaps(enc: dict) -> np.ndarray:
@@ -618,18 +652,21 @@ def _condition_codes() -> list[list[str]]:
 
 def _secondary_dx(cond_rows: np.ndarray, main_code: np.ndarray, primary: np.ndarray,
                   rng: np.random.Generator) -> np.ndarray:
-    """'|'-separated chronic codes of each encounter's patient (vectorized over columns)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+    """'|'-separated chronic codes of each encounter's patient (vectorized over columns).
 
-    parts = []
+    Which codes an encounter lists is a bit set (bit k: condition k); the text is looked up
+    per distinct set (at most 2**10), not joined per row.
+    """
+    bits = np.zeros(len(primary), dtype=np.int64)
     for k, code in enumerate(main_code):
         include = cond_rows[:, k] & (primary != code) & (rng.random(len(primary)) < 0.9)
-        parts.append(pc.if_else(pa.array(include), code + "|", ""))
-    if not parts or len(primary) == 0:
+        bits |= include.astype(np.int64) << k
+    if len(main_code) == 0 or len(primary) == 0:
         return np.array([""] * len(primary), dtype=object)
-    joined = pc.utf8_rtrim(pc.binary_join_element_wise(*parts, ""), "|")
-    return joined.to_numpy(zero_copy_only=False)
+    present, index = np.unique(bits, return_inverse=True)
+    labels = np.array(["|".join(code for k, code in enumerate(main_code) if s >> k & 1)
+                       for s in present.tolist()], dtype=object)
+    return labels[index.ravel()]
 
 
 def _labs(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
@@ -642,19 +679,23 @@ def _labs(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
     n_labs = np.minimum(rng.poisson(mean), 30)
     e = np.repeat(np.arange(m), n_labs)
     k = len(e)
-    weights = np.array([LAB_WEIGHTS[c] for c in range(6)], float)[cls[e]]
-    test = _categorical(rng, weights) if k else np.zeros(0, int)
+    weights = np.array([LAB_WEIGHTS[c] for c in range(6)], float)
+    test = _categorical_by_group(rng, weights, cls[e]) if k else np.zeros(0, int)
     # diabetic patients get HbA1c checked more often
     a1c = diabetic[e] & (rng.random(k) < 0.25)
     test = np.where(a1c, 0, test)
     decimals = np.array([t[1] for t in LABS])
-    mu = np.array([t[2] for t in LABS])[test]
-    sd = np.array([t[3] for t in LABS])[test]
-    for ti, (_, _, _, _, by_cond) in enumerate(LABS):
-        for group, (c_mu, c_sd) in by_cond.items():
-            sel = (test == ti) & cond[pat[e], CONDITIONS.index(group)]
-            mu = np.where(sel, c_mu, mu)
-            sd = np.where(sel, c_sd, sd)
+    # a test shifts for at most one condition: (condition, (mean, sd)) or None per test
+    if any(len(t[4]) > 1 for t in LABS):
+        raise ValueError("LABS: a test's values shift for one chronic condition at most")
+    shift = [next(iter(t[4].items()), None) for t in LABS]
+    shift_cond = np.array([CONDITIONS.index(s[0]) if s else -1 for s in shift])
+    shifted = shift_cond[test] >= 0
+    shifted[shifted] = cond[pat[e][shifted], shift_cond[test[shifted]]]
+    mu = np.where(shifted, np.array([s[1][0] if s else 0.0 for s in shift])[test],
+                  np.array([t[2] for t in LABS])[test])
+    sd = np.where(shifted, np.array([s[1][1] if s else 0.0 for s in shift])[test],
+                  np.array([t[3] for t in LABS])[test])
     value = np.abs(mu + sd * rng.standard_normal(k))
     scale = 10.0 ** decimals[test]
     value = np.maximum(np.round(value * scale), 1) / scale      # rounded, never zero
