@@ -1,0 +1,63 @@
+"""``make run``'s notebook runner: fresh kernel per notebook, in order, stops at a failure."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from utils.run_course import run_notebooks
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cells = [nbformat.v4.new_code_cell(s) for s in sources]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), path)
+    return path
+
+
+def _stdout(path: Path) -> list[str]:
+    notebook = nbformat.read(path, as_version=4)
+    return [out.get("text", "") for cell in notebook.cells for out in cell.get("outputs", [])]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+REPORT = "import os\nprint(os.getpid(), os.getcwd(), 'seen' in globals())\nseen = True"
+
+
+@pytest.mark.skipif(os.name == "nt", reason="checks kernel processes with POSIX signals")
+def test_each_notebook_gets_a_fresh_kernel_in_its_folder_and_none_outlives_the_run(tmp_path):
+    notebooks = [_notebook(tmp_path / "a" / "01_x.ipynb", REPORT),
+                 _notebook(tmp_path / "b" / "02_y.ipynb", REPORT),
+                 _notebook(tmp_path / "b" / "03_z.ipynb", REPORT)]
+    assert run_notebooks(notebooks, lambda nb: tmp_path / "out" / nb.name)
+
+    reports = [_stdout(tmp_path / "out" / nb.name)[0].split() for nb in notebooks]
+    pids = [int(r[0]) for r in reports]
+    assert len(set(pids)) == 3, "each notebook must run in its own kernel"
+    assert [r[1] for r in reports] == [str(nb.parent) for nb in notebooks]
+    assert [r[2] for r in reports] == ["False"] * 3, "no state may leak between notebooks"
+    assert not any(_alive(pid) for pid in pids), "kernels must be shut down after the run"
+
+
+def test_a_failing_notebook_stops_the_run_and_keeps_its_output(tmp_path, capsys):
+    notebooks = [_notebook(tmp_path / "01_ok.ipynb", "print('first')"),
+                 _notebook(tmp_path / "02_bad.ipynb", "raise ValueError('planted failure')"),
+                 _notebook(tmp_path / "03_never.ipynb", "print('never')")]
+    assert not run_notebooks(notebooks, lambda nb: tmp_path / "out" / nb.name)
+
+    printed = capsys.readouterr().out
+    assert "02_bad.ipynb ... FAILED" in printed and "planted failure" in printed
+    assert _stdout(tmp_path / "out" / "01_ok.ipynb") == ["first\n"]
+    saved = nbformat.read(tmp_path / "out" / "02_bad.ipynb", as_version=4)
+    assert saved.cells[0].outputs[0]["ename"] == "ValueError"
+    assert not (tmp_path / "out" / "03_never.ipynb").exists()
