@@ -780,7 +780,7 @@ def compose_lines(source: str, frame: Frame, rows: np.ndarray, columns: list[str
             if i:
                 parts.append(",")
             parts.append(text(c))
-    return pc.binary_join_element_wise(*parts, "\n", "")
+    return fmt.join_lines([*parts, "\n"], len(rows))
 
 
 def clean_generation_args(patients: int, days: int, seed: int, defect_rate: float,
@@ -825,15 +825,24 @@ def prepare_out_dir(out_dir: Path) -> None:
             entry.unlink()
 
 
-class _Lines:
-    """A source's lines in file order: the clean lines composed in one pass, plus the few lines
-    replaced by planted defects (kept aside and swapped in when the files are written, so the
-    long array is never copied for an edit)."""
+#: Lines are composed and written in blocks of whole days of about this many records: the
+#: buffers of one block are reused by the next (fresh memory is slow to touch the first time),
+#: and peak memory stays far below a whole source's text.
+BLOCK_RECORDS = 200_000
 
-    def __init__(self, clean: pa.Array):
-        self.clean = clean
+
+class _Lines:
+    """A source's lines in file order, composed block by block when written, plus the few
+    lines replaced by planted defects (swapped in when the files are written)."""
+
+    def __init__(self, source: str, frame: Frame, records: np.ndarray, columns: list[str]):
+        self.source, self.frame, self.records, self.columns = source, frame, records, columns
         self.replaced: dict[int, str] = {}
         self._positions: np.ndarray | None = None
+
+    def compose(self, lo: int, hi: int) -> pa.Array:
+        """The clean lines at file positions ``lo`` to ``hi`` (exclusive)."""
+        return compose_lines(self.source, self.frame, self.records[lo:hi], self.columns)
 
     def replace(self, positions: np.ndarray, texts: list[str]) -> None:
         self.replaced.update(zip((int(p) for p in positions), texts))
@@ -841,12 +850,16 @@ class _Lines:
 
     def texts_of(self, positions: np.ndarray) -> list[str]:
         """The current lines at ``positions`` (replaced ones included)."""
-        clean = self.clean.take(pa.array(np.asarray(positions, dtype=np.int64))).to_pylist()
+        positions = np.asarray(positions, dtype=np.int64)
+        clean = compose_lines(self.source, self.frame, self.records[positions],
+                              self.columns).to_pylist()
         return [self.replaced.get(int(p), c) for p, c in zip(positions, clean)]
 
-    def write(self, path: Path, header: str | None, lo: int, hi: int) -> None:
-        """Lines ``lo`` to ``hi`` (exclusive) as one file: runs of clean lines straight from the
-        Arrow buffer (no Python join), the replaced lines in between."""
+    def write(self, path: Path, header: str | None, block: pa.Array, block_lo: int, lo: int,
+              hi: int) -> None:
+        """Lines ``lo`` to ``hi`` (exclusive; ``block`` holds the lines from ``block_lo``) as one
+        file: runs of clean lines straight from the Arrow buffer (no Python join), the replaced
+        lines in between."""
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as handle:
             if header is not None:
@@ -857,19 +870,29 @@ class _Lines:
                 self._positions = np.array(sorted(self.replaced), dtype=np.int64)
             replaced = self._positions[np.searchsorted(self._positions, lo):
                                        np.searchsorted(self._positions, hi)]
-            chunk = self.clean
-            buffers = chunk.buffers()
+            buffers = block.buffers()
             offsets = np.frombuffer(buffers[1], dtype=np.int32,
-                                    count=chunk.offset + len(chunk) + 1)[chunk.offset:]
+                                    count=block.offset + len(block) + 1)[block.offset:]
             data = memoryview(buffers[2])
             start = lo
             for p in replaced.tolist():
                 if p > start:
-                    handle.write(data[int(offsets[start]):int(offsets[p])])
+                    handle.write(data[int(offsets[start - block_lo]):int(offsets[p - block_lo])])
                 handle.write(self.replaced[p].encode("utf-8"))
                 start = p + 1
             if hi > start:
-                handle.write(data[int(offsets[start]):int(offsets[hi])])
+                handle.write(data[int(offsets[start - block_lo]):int(offsets[hi - block_lo])])
+
+
+def _day_blocks(bounds: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """Runs of whole days ``(first, last + 1)`` of about ``size`` records each."""
+    blocks, first = [], 0
+    days = len(bounds) - 1
+    for d in range(days):
+        if bounds[d + 1] - bounds[first] >= size or d == days - 1:
+            blocks.append((first, d + 1))
+            first = d + 1
+    return blocks
 
 
 def _csv_line(values: list[str]) -> str:
@@ -971,7 +994,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         position[order] = np.arange(len(order))
         records, batch, defect, column = records[order], batch[order], defect[order], \
             column[order]
-        lines = _Lines(compose_lines(source, frame, records, columns))
+        lines = _Lines(source, frame, records, columns)
         start = 0
         for part in parts:
             edited, rendered = part.edited_lines(source, columns)
@@ -1008,24 +1031,30 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         flagged = np.flatnonzero(defect != "")
         keys = dict(zip(flagged.tolist(), frame.key(records[flagged]).to_pylist())) \
             if len(flagged) else {}
-        for d in range(days):
-            day_name = day_names[d]
-            rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
-            header = None
-            if is_csv:
-                header = ",".join(columns + ([SCHEMA_DRIFT_COLUMN] if d == drift_day else []))
-                header += "\n"
-            lo, hi = int(bounds[d]), int(bounds[d + 1])
-            lines.write(out / rel, header, lo, hi)
-            files.append({"source": source, "entity": entity, "file": rel,
-                          "format": spec["format"], "rows": hi - lo})
-            if d == drift_day:
-                defects.append({"defect_type": "schema_drift", "source": source, "file": rel,
-                                "line": 1, "record_key": None, "column": SCHEMA_DRIFT_COLUMN})
-            for i in flagged[np.searchsorted(flagged, lo):np.searchsorted(flagged, hi)].tolist():
-                defects.append({"defect_type": str(defect[i]), "source": source,
-                                "file": rel, "line": i - lo + first_line, "record_key": keys[i],
-                                "column": str(column[i]) or None})
+        for first, last in _day_blocks(bounds, BLOCK_RECORDS):
+            block_lo = int(bounds[first])
+            block = lines.compose(block_lo, int(bounds[last]))
+            for d in range(first, last):
+                day_name = day_names[d]
+                rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
+                header = None
+                if is_csv:
+                    header = ",".join(columns + ([SCHEMA_DRIFT_COLUMN] if d == drift_day else []))
+                    header += "\n"
+                lo, hi = int(bounds[d]), int(bounds[d + 1])
+                lines.write(out / rel, header, block, block_lo, lo, hi)
+                files.append({"source": source, "entity": entity, "file": rel,
+                              "format": spec["format"], "rows": hi - lo})
+                if d == drift_day:
+                    defects.append({"defect_type": "schema_drift", "source": source,
+                                    "file": rel, "line": 1, "record_key": None,
+                                    "column": SCHEMA_DRIFT_COLUMN})
+                for i in flagged[np.searchsorted(flagged, lo):
+                                 np.searchsorted(flagged, hi)].tolist():
+                    defects.append({"defect_type": str(defect[i]), "source": source,
+                                    "file": rel, "line": i - lo + first_line,
+                                    "record_key": keys[i], "column": str(column[i]) or None})
+            del block
         rows_per_entity[entity] = len(batch)
         del frame, parts, lines, planter       # free this source before the next one
         bar.update(1)
