@@ -161,8 +161,58 @@ def timestamps(seconds: np.ndarray, suffix: str = "", prefix: str = "") -> pa.Ar
     return pc.binary_join_element_wise(prefix, day_part, "T", time_part, suffix, "")
 
 
+#: 10**1 .. 10**18: the digit count of a non-negative int64 is 1 + how many it reaches.
+_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
+
+
+def number_text(scaled: np.ndarray, decimals: int | np.ndarray) -> pa.Array:
+    """Text of ``scaled / 10**decimals`` (``decimals`` per row or for all), computed on integers:
+    ``-12.50``-style, no exponent, as ``str(int)`` gives for ``decimals=0``.
+
+    Each row's text is right-aligned in a byte matrix as wide as the longest, and the matrix
+    compacted row by row (a boolean mask) into the Arrow data buffer.
+    """
+    scaled = np.asarray(scaled, dtype=np.int64)
+    n = len(scaled)
+    if n == 0:
+        return pa.array([], pa.string())
+    dec = np.broadcast_to(np.asarray(decimals, dtype=np.int64), (n,))
+    neg = scaled < 0
+    magnitude = np.abs(scaled)
+    groups = [(int(d), dec == d) for d in np.unique(dec)]
+    length = np.empty(n, dtype=np.int64)
+    parts = []
+    for d, sel in groups:
+        whole = magnitude[sel] // 10**d
+        length[sel] = 1 + np.searchsorted(_POWERS_OF_TEN, whole, side="right") + (d + 1 if d else 0)
+        parts.append((d, sel, whole))
+    length += neg
+    width = int(length.max())
+    out = np.empty((n, width), dtype=np.uint8)
+    for d, sel, whole in parts:
+        tail = d + 1 if d else 0
+        block = np.empty((len(whole), width), dtype=np.uint8)
+        block[:, :width - tail] = digit_matrix(whole, width - tail)
+        if d:
+            block[:, width - d - 1] = ord(".")
+            block[:, width - d:] = digit_matrix(magnitude[sel] % 10**d, d)
+        if len(groups) == 1:
+            out = block
+        else:
+            out[sel] = block
+    rows = np.flatnonzero(neg)
+    out[rows, width - length[rows]] = ord("-")
+    keep = np.arange(width) >= (width - length)[:, None]
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(length, out=offsets[1:])
+    if offsets[-1] >= 2**31:
+        raise OverflowError("text column too long for 32-bit string offsets")
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)),
+                                       pa.py_buffer(out[keep]))
+
+
 def integers(values: np.ndarray) -> pa.Array:
-    return pc.cast(pa.array(np.asarray(values, dtype=np.int64)), pa.string())
+    return number_text(values, 0)
 
 
 def fixed(values: np.ndarray, decimals: int) -> pa.Array:
@@ -174,15 +224,7 @@ def fixed(values: np.ndarray, decimals: int) -> pa.Array:
 
 def scaled_integers(scaled: np.ndarray, decimals: int) -> pa.Array:
     """Text of ``scaled / 10**decimals`` (e.g. cents -> ``12.50``) computed on integers."""
-    scaled = np.asarray(scaled, dtype=np.int64)
-    if decimals == 0:
-        return integers(scaled)
-    scale = 10 ** decimals
-    magnitude = np.abs(scaled)
-    whole = integers(magnitude // scale)
-    frac = pc.utf8_lpad(integers(magnitude % scale), decimals, "0")
-    sign = pc.if_else(pa.array(scaled < 0), "-", "")
-    return pc.binary_join_element_wise(sign, whole, ".", frac, "")
+    return number_text(scaled, decimals)
 
 
 def prefixed_ids(prefix: str, numbers: np.ndarray, width: int, suffix: str = "") -> pa.Array:

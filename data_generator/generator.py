@@ -135,13 +135,17 @@ class Frame:
     ``batch`` the day index of the batch each record is delivered in; ``ts`` the sort time
     inside a file; ``key`` the recipe of the manifest record key; ``copy`` marks re-sent
     duplicates (sorted after originals); ``defect``/``column`` the planted defect ("" when
-    clean).
+    clean). ``blank`` = (mask over record numbers, k): those records carry only their first k
+    fields, the others empty (the recipes do not blank them: such lines are rendered apart,
+    and defects are never planted on them).
     """
 
     def __init__(self, cols: dict[str, Recipe], batch: np.ndarray, ts: np.ndarray,
                  key: Recipe, extra: dict[str, np.ndarray] | None = None,
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None,
+                 blank: tuple[np.ndarray, int] | None = None):
         self.cols = cols
+        self.blank = blank
         self.batch = np.asarray(batch, dtype=np.int64)
         self.ts = np.asarray(ts, dtype=np.int64)
         self.key = key
@@ -159,7 +163,7 @@ class Frame:
     def take(self, rows: np.ndarray) -> "Frame":
         rows = np.asarray(rows, dtype=np.int64)
         out = Frame(self.cols, self.batch[rows], self.ts[rows], self.key,
-                    {k: v[rows] for k, v in self.extra.items()}, self.rows[rows])
+                    {k: v[rows] for k, v in self.extra.items()}, self.rows[rows], self.blank)
         out.copy, out.defect, out.column = self.copy[rows], self.defect[rows], self.column[rows]
         position = {int(r): i for i, r in enumerate(rows)}
         for column, (edited, values) in self.pending.items():
@@ -208,11 +212,6 @@ class Frame:
 
 def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
     return pc.if_else(pa.array(np.asarray(mask, dtype=bool)), "", values)
-
-
-def _blank_unless(recipe: Recipe, live: np.ndarray) -> Recipe:
-    """The recipe with empty text for the records where ``live`` is false."""
-    return lambda r: _empty_if(recipe(r), ~live[r])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,11 +277,11 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
             "ssn": lambda r: pa.array(P["ssn"][pat[r]], pa.string()),
             "payer_id": lambda r: fmt.pick(payer_ids, P["payer"][pat[r], v[r]]),
         }
-        for name in list(cols)[4:]:
-            cols[name] = _blank_unless(cols[name], live)
         day = ch["ts"] // M.DAY - d0
+        # DELETE records carry only change_id, operation, change_ts and mrn
         return Frame(cols, day, ch["ts"], change_id,
-                     {"op": op, "next_gap": _days_to_next_change(pat, ch["ts"])})
+                     {"op": op, "next_gap": _days_to_next_change(pat, ch["ts"])},
+                     blank=(~live, 4))
         # record id order follows change time, so change_id is increasing within the export
         # (the lexsort in the model already ordered the records by time)
 
@@ -431,13 +430,13 @@ def _num(x: float, decimals: int) -> str:
 
 
 def _fixed_by_decimals(values: np.ndarray, decimals: np.ndarray) -> pa.Array:
-    out = fmt.fixed(values, 0)
+    """Fixed-point text with each value's own number of decimals (rounded as ``fmt.fixed``)."""
+    values = np.asarray(values, dtype=np.float64)
+    scaled = np.empty(len(values), dtype=np.int64)
     for d in np.unique(decimals):
-        if d == 0:
-            continue
-        mask = decimals == d
-        out = pc.if_else(pa.array(mask), fmt.fixed(values, int(d)), out)
-    return out
+        sel = decimals == d
+        scaled[sel] = np.round(values[sel] * 10 ** int(d)).astype(np.int64)
+    return fmt.number_text(scaled, decimals)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -839,6 +838,13 @@ class _Lines:
         self.source, self.frame, self.records, self.columns = source, frame, records, columns
         self.replaced: dict[int, str] = {}
         self._positions: np.ndarray | None = None
+        if frame.blank is not None:               # records with only their first k fields
+            mask, keep = frame.blank
+            positions = np.flatnonzero(mask[records])
+            if len(positions):
+                kept = [frame.cols[c](records[positions]).to_pylist() for c in columns[:keep]]
+                tail = "," * (len(columns) - keep) + "\n"
+                self.replace(positions, [",".join(values) + tail for values in zip(*kept)])
 
     def compose(self, lo: int, hi: int) -> pa.Array:
         """The clean lines at file positions ``lo`` to ``hi`` (exclusive)."""
