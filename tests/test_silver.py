@@ -293,6 +293,13 @@ def test_conform_to_schema_refuses_a_lossy_cast(spark):
     assert_df_equality(ok, spark.createDataFrame([(2, 12)], "a int, b int"))
 
 
+def test_lost_values_checks_only_the_columns_a_cast_would_change(spark):
+    df = spark.createDataFrame([("x", 1), ("2", 3)], "a string, n int")
+    assert S.lost_values(df, [("a", "string"), ("n", "int")]) == ({}, None)  # nothing to cast
+    assert S.lost_values(df, [("a", "int"), ("n", "int")]) == ({"a": 1}, 2)
+    assert S.lost_values(df, [("a", "string"), ("n", "bigint")]) == ({}, 2)
+
+
 def test_contract_documents_the_metrics_and_dedup_tables_as_written():
     from utils.expectations import METRICS_SCHEMA
 

@@ -68,7 +68,7 @@ from utils.silver import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 ENTITY = "patients"
 LAYER = "silver"
@@ -220,6 +220,23 @@ def _run_merge(spark: "SparkSession", source: "DataFrame", sql_template: str) ->
         spark.catalog.dropTempView(view)
 
 
+def _tally(staged: "DataFrame", current: "DataFrame", keys: list[str]) -> tuple[int, int, int]:
+    """(inserted, updated, deleted) a MERGE of ``staged`` (rows flagged ``__op``) will do to
+    ``current``, counted in one aggregation (an upsert whose key exists is an update)."""
+    from pyspark.sql import functions as F
+
+    existing = current.select(*keys).distinct().withColumn("__exists", F.lit(True))
+    flagged = staged.select(*keys, "__op").join(existing, keys, "left")
+    upsert, exists = F.col("__op") == "upsert", F.col("__exists").isNotNull()
+
+    def count(condition: "Column") -> "Column":
+        return F.sum(F.when(condition, 1).otherwise(0))
+
+    row = flagged.agg(count(upsert & ~exists), count(upsert & exists),
+                      count(F.col("__op") == "delete")).first()
+    return tuple(int(v or 0) for v in row)
+
+
 def merge_changes(spark: "SparkSession", source: "DataFrame", target: str, ddl: str,
                   keys: Iterable[str], scope: "DataFrame | None" = None) -> MergeResult:
     """Make ``target`` equal to ``source`` (within ``scope``) with one SQL MERGE of the diff.
@@ -245,15 +262,12 @@ def merge_changes(spark: "SparkSession", source: "DataFrame", target: str, ddl: 
 
     upserts = source.subtract(in_scope.select(*columns))  # null-safe set difference
     deletes = in_scope.select(*keys).join(source.select(*keys), keys, "left_anti")
-    updated = upserts.join(current.select(*keys), keys, "left_semi").count()
-    inserted = upserts.count() - updated
-    deleted = deletes.count()
-    result = MergeResult(target, inserted, updated, deleted)
+    staged = (upserts.withColumn("__op", F.lit("upsert"))
+              .unionByName(deletes.withColumn("__op", F.lit("delete")), allowMissingColumns=True))
+    result = MergeResult(target, *_tally(staged, current, keys))
     if not result.committed:
         return result
 
-    staged = (upserts.withColumn("__op", F.lit("upsert"))
-              .unionByName(deletes.withColumn("__op", F.lit("delete")), allowMissingColumns=True))
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     values = [c for c in columns if c not in keys]
     changed = " OR ".join(f"NOT (t.`{c}` <=> s.`{c}`)" for c in values) or "FALSE"
@@ -461,9 +475,12 @@ def apply_scd2(spark: "SparkSession", changes_df: "DataFrame", target: str = "si
 
     Replaying changes that were already applied changes nothing and commits nothing.
     """
+    from pyspark.sql import functions as F
+
     changes = _first_arrival(conform(changes_df, PATIENT_CHANGES_DDL))
     ensure_table(spark, changes_table, PATIENT_CHANGES_DDL)
-    received = changes.count()
+    received, patients = changes.agg(F.count(F.lit(1)),
+                                     F.count_distinct("patient_key")).first()
     new = changes.join(spark.table(changes_table).select("change_id"), "change_id", "left_anti")
     new = new.select(*changes.columns)
     added = new.count()
@@ -475,7 +492,6 @@ def apply_scd2(spark: "SparkSession", changes_df: "DataFrame", target: str = "si
             f"VALUES ({', '.join('s.' + c for c in cols)})"))
 
     affected = changes.select("patient_key").distinct()
-    patients = affected.count()
     history = scd2_history(spark.table(changes_table).join(affected, "patient_key", "left_semi"))
     versions = merge_changes(spark, history, target, patients_ddl(),
                              keys=["patient_key", "valid_from"], scope=affected)

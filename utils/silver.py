@@ -731,22 +731,52 @@ def known_keys(parsed: "DataFrame", column: str) -> "DataFrame":
     return parsed.select(F.col(column).alias("key")).filter(F.col("key").isNotNull()).distinct()
 
 
+#: Entities whose business keys other entities point at, and the column holding the key
+#: (patients are handled by :func:`known_patient_keys`: their key is derived from the MRN).
+KEYED_ENTITIES: tuple[tuple[str, str], ...] = (
+    ("encounters", "encounter_id"), ("providers", "npi"), ("facilities", "facility_id"),
+    ("payers", "payer_id"))
+
+
+def known_keys_frame(spark: "SparkSession",
+                     read_bronze: Callable[[str], "DataFrame"] | None = None) -> "DataFrame":
+    """Every business key bronze has received, as rows (``entity``, ``key``).
+
+    One frame for all the orphan checks, so a caller can compute it once (``build_silver``
+    collects it; the declarative pipeline makes it a temporary view that every silver view
+    reads) instead of re-parsing bronze patients and encounters for each entity that points
+    at them. ``read_bronze(entity)`` defaults to ``spark.table("bronze.<entity>")``.
+    """
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    read = read_bronze or (lambda entity: spark.table(f"bronze.{entity}"))
+    parts = [known_patient_keys(read("patients")).select(F.lit("patients").alias("entity"), "key")]
+    for entity, column in KEYED_ENTITIES:
+        keys = known_keys(parse_entity(entity, read(entity)), column)
+        parts.append(keys.select(F.lit(entity).alias("entity"), "key"))
+    return reduce(lambda a, b: a.unionByName(b), parts)
+
+
 def load_references(spark: "SparkSession",
-                    read_bronze: Callable[[str], "DataFrame"] | None = None
-                    ) -> dict[str, "DataFrame"]:
+                    read_bronze: Callable[[str], "DataFrame"] | None = None,
+                    known: "DataFrame | None" = None) -> dict[str, "DataFrame"]:
     """Code tables and the keys known in bronze, for :func:`with_references`.
 
     Keys: ``icd10cm``, ``loinc``, ``rxnorm``, ``cpt`` (code tables) and ``patients``,
     ``encounters``, ``providers``, ``facilities``, ``payers`` (one column ``key``).
-    ``read_bronze(entity)`` reads a bronze table (default ``spark.table("bronze.<entity>")``;
-    a pipeline passes its own reader).
+    ``known`` is a :func:`known_keys_frame`. When not given it is computed here from
+    ``read_bronze`` (default ``spark.table("bronze.<entity>")``) in one query and kept in
+    memory, so the many lookups of a silver build do not parse bronze again each time.
     """
-    read = read_bronze or (lambda entity: spark.table(f"bronze.{entity}"))
+    from pyspark.sql import functions as F
+
     refs = {name: code_table(spark, name) for name in ("icd10cm", "loinc", "rxnorm", "cpt")}
-    refs["patients"] = known_patient_keys(read("patients"))
-    for entity, column in (("encounters", "encounter_id"), ("providers", "npi"),
-                           ("facilities", "facility_id"), ("payers", "payer_id")):
-        refs[entity] = known_keys(parse_entity(entity, read(entity)), column)
+    if known is None:
+        known = materialize_small(spark, known_keys_frame(spark, read_bronze))
+    for entity in ("patients", *(e for e, _ in KEYED_ENTITIES)):
+        refs[entity] = known.filter(F.col("entity") == entity).select("key")
     return refs
 
 
@@ -1061,24 +1091,31 @@ def diagnoses_of(encounters: "DataFrame", icd10cm: "DataFrame") -> "DataFrame":
 
 
 def lost_values(source: "DataFrame", target_types: Iterable[tuple[str, str]]
-                ) -> tuple[dict[str, int], int]:
+                ) -> tuple[dict[str, int], int | None]:
     """Per column, how many non-NULL values would become NULL when cast to the target type,
-    and the number of rows (one aggregation)."""
+    and the number of rows (one aggregation).
+
+    Only columns whose type differs from the target are checked: a cast to the type a column
+    already has changes nothing. When none differs no query runs and the row count is None.
+    """
     from pyspark.sql import functions as F
 
+    current = dict(_schema_pairs(source))
     checks = []
     for name, type_ in target_types:
-        if name not in source.columns:
+        if name not in current or current[name] == _normalize_type(type_):
             continue
         lost = F.col(name).isNotNull() & F.col(name).try_cast(type_).isNull()
         checks.append(F.sum(F.when(lost, 1).otherwise(0)).alias(name))
+    if not checks:
+        return {}, None
     row = source.agg(F.count(F.lit(1)).alias("__rows"), *checks).first().asDict()
     rows = int(row.pop("__rows"))
     return {k: int(v) for k, v in row.items() if v}, rows
 
 
 def _conformed(df: "DataFrame", types: list[tuple[str, str]], table: str
-               ) -> tuple["DataFrame", int]:
+               ) -> tuple["DataFrame", int | None]:
     from pyspark.sql import functions as F
 
     missing = [name for name, _ in types if name not in df.columns]
@@ -1105,7 +1142,10 @@ def _schema_pairs(df: "DataFrame") -> list[tuple[str, str]]:
     return [(f.name, f.dataType.simpleString()) for f in df.schema.fields]
 
 
+@lru_cache(maxsize=None)
 def _normalize_type(type_: str) -> str:
+    """Spark's canonical spelling of a DDL type (parsing it is a round trip on Spark Connect:
+    the same few types are asked for every write, so each is asked once per process)."""
     from pyspark.sql.types import _parse_datatype_string
 
     return _parse_datatype_string(type_).simpleString()
@@ -1116,8 +1156,8 @@ def write_checked(df: "DataFrame", table: str, types: list[tuple[str, str]],
     """Write ``silver.<table>`` with an explicit schema, then read it back and check it.
 
     Before: :func:`conform_to_schema`. After: the stored schema must equal ``types`` (Sail may
-    ignore write options) and, for an overwrite, the stored row count the written one.
-    Returns the number of rows written.
+    ignore write options) and, for an overwrite whose cast check counted the rows, the stored
+    row count the written one. Returns the number of rows written.
     """
     from utils.tables import write_table
 
@@ -1131,8 +1171,11 @@ def write_checked(df: "DataFrame", table: str, types: list[tuple[str, str]],
                                f"differs from {want}")
     if mode == "overwrite":
         stored_rows = stored.count()
-        if stored_rows != rows:
+        if rows is not None and stored_rows != rows:
             raise SilverWriteError(f"{LAYER}.{table}: wrote {rows} rows, stored {stored_rows}")
+        rows = stored_rows
+    elif rows is None:
+        rows = df.count()
     return rows
 
 
@@ -1268,7 +1311,7 @@ def build_silver(spark: "SparkSession", entities: Iterable[str] | None = None,
     config = get_config()
     run_id = run_id or f"silver-{uuid.uuid4().hex[:12]}"
     register_course_tables(spark)
-    refs = {name: materialize_small(spark, df) for name, df in load_references(spark).items()}
+    refs = load_references(spark)
     stage = _stager(spark, config)
     report = SilverReport(run_id)
     metric_rows = []

@@ -9,8 +9,9 @@ here; everything else (parsing, rules, dedupe, SCD2 columns, KPIs) is imported f
 * :func:`bronze_lines` - whole files -> one row per physical line with bronze's lineage columns
   (the same rows ``utils.bronze.ingest_landing`` writes: line numbers, CSV header, BOM and CRLF
   handling), as a pure DataFrame function so it also runs on a stream.
-* :func:`references` - the code tables and known keys the silver rules look up, read from the
-  pipeline's bronze tables (``utils.silver.load_references`` reads ``bronze.*``).
+* :func:`known_keys` / :func:`references` - the keys bronze has received, as the
+  ``silver_known_keys`` view over the pipeline's bronze tables (computed once per update), and
+  the code tables plus those keys, which the silver rules look up (``utils.silver.load_references``).
 * :func:`scd2_to_contract` - AUTO CDC's SCD2 columns (``__START_AT``/``__END_AT``) -> the
   contract's ``silver.patients`` (``valid_from``, ``valid_to``, ``is_current``, ``is_deleted``).
 * :func:`stage_landing` - copy the landing zone's batch days up to a date into the pipeline's
@@ -111,12 +112,23 @@ def bronze_lines(files: "DataFrame", source: str, fmt: str) -> "DataFrame":
     ))
 
 
-def references(spark: "SparkSession", bronze_table: Callable[[str], str]) -> dict[str, "DataFrame"]:
-    """What ``utils.silver.with_references`` needs, from the pipeline's bronze tables:
-    ``utils.silver.load_references`` reading ``bronze_table(entity)`` instead of ``bronze.<entity>``."""
+KNOWN_KEYS_VIEW = "silver_known_keys"
+
+
+def known_keys(spark: "SparkSession", bronze_table: Callable[[str], str]) -> "DataFrame":
+    """``utils.silver.known_keys_frame`` over the pipeline's bronze tables (``bronze_table(entity)``):
+    the body of the ``silver_known_keys`` temporary view."""
     from utils import silver
 
-    return silver.load_references(spark, lambda entity: spark.read.table(bronze_table(entity)))
+    return silver.known_keys_frame(spark, lambda entity: spark.read.table(bronze_table(entity)))
+
+
+def references(spark: "SparkSession") -> dict[str, "DataFrame"]:
+    """What ``utils.silver.with_references`` needs, inside the pipeline: the code tables and the
+    keys of the ``silver_known_keys`` view (computed once per update, read by every silver view)."""
+    from utils import silver
+
+    return silver.load_references(spark, known=spark.read.table(KNOWN_KEYS_VIEW))
 
 
 def scd2_to_contract(scd2: "DataFrame") -> "DataFrame":
