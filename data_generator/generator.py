@@ -7,10 +7,12 @@ time, so the contract stays the one definition.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -909,6 +911,125 @@ def _csv_line(values: list[str]) -> str:
     return ",".join(out) + "\n"
 
 
+def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any],
+                        build: Callable[[], Frame], rng: np.random.Generator, world: M.World,
+                        days: int, defect_rate: float, patients: int, day_names: np.ndarray,
+                        provider_npis: np.ndarray) -> tuple[list[dict], list[dict], int]:
+    """Plant one event source's defects, order its records and write its daily files.
+
+    Returns its manifest file entries, its defects and its record count. Sources share nothing
+    mutable (each has its own random generator and files), so they can run in any order or
+    at the same time.
+    """
+    files: list[dict[str, Any]] = []
+    defects: list[dict[str, Any]] = []
+    planter = DefectPlanter(source, build(), rng, days, world.start_day, defect_rate,
+                            patients, len(world.encounters["pat"]), provider_npis)
+    frame = planter.run()
+    is_csv = spec["format"] == "csv"
+    columns = spec.get("columns", [])
+    parts = [frame, *planter.copies]
+    batch = np.concatenate([part.batch for part in parts])
+    ts = np.concatenate([part.ts for part in parts])
+    copy = np.concatenate([part.copy for part in parts])
+    defect = np.concatenate([part.defect for part in parts])
+    column = np.concatenate([part.column for part in parts])
+    records = np.concatenate([part.rows for part in parts])
+    order = np.lexsort((np.arange(len(batch)), ts, copy, batch))
+    position = np.empty_like(order)                 # file position of each part row
+    position[order] = np.arange(len(order))
+    records, batch, defect, column = records[order], batch[order], defect[order], \
+        column[order]
+    lines = _Lines(source, frame, records, columns)
+    start = 0
+    for part in parts:
+        edited, rendered = part.edited_lines(source, columns)
+        lines.replace(position[start + edited], rendered)
+        start += len(part)
+    drift_day = -1
+    if is_csv and source == "ehr_encounters" and defect_rate > 0 and days >= 3:
+        counts = np.bincount(batch, minlength=days)
+        candidates = np.flatnonzero(counts[days // 3: max(days // 3 + 1, 2 * days // 3)])
+        if len(candidates):
+            drift_day = days // 3 + int(candidates[int(rng.integers(0, len(candidates)))])
+    if drift_day >= 0:
+        rows_d = np.flatnonzero(batch == drift_day)
+        drg = frame.extra["drg"][records[rows_d]]
+        extra = [f"{x:03d}" if x >= 0 else "" for x in drg.tolist()]
+        lines.replace(rows_d, [text[:-1] + "," + value + "\n"
+                               for text, value in zip(lines.texts_of(rows_d), extra)])
+    if planter.truncate_rows:
+        rows_t = np.sort(position[np.asarray(planter.truncate_rows, dtype=np.int64)])
+        old = lines.texts_of(rows_t)
+        if is_csv:
+            new = [_truncate_csv(_raw_fields(text[:-1]), rng) + "\n" for text in old]
+        else:
+            new = []
+            for text in old:
+                cut = int(len(text) * (0.3 + 0.5 * rng.random()))
+                new.append(text[:cut] + "\n")
+        lines.replace(rows_t, new)
+
+    # files: one per day (header-only / empty when a day has no records)
+    bounds = np.searchsorted(batch, np.arange(days + 1))
+    first_line = 2 if is_csv else 1
+    pattern = spec["file_pattern"]
+    flagged = np.flatnonzero(defect != "")
+    keys = dict(zip(flagged.tolist(), frame.key(records[flagged]).to_pylist())) \
+        if len(flagged) else {}
+    for first, last in _day_blocks(bounds, BLOCK_RECORDS):
+        block_lo = int(bounds[first])
+        block = lines.compose(block_lo, int(bounds[last]))
+        for d in range(first, last):
+            day_name = day_names[d]
+            rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
+            header = None
+            if is_csv:
+                header = ",".join(columns + ([SCHEMA_DRIFT_COLUMN] if d == drift_day else []))
+                header += "\n"
+            lo, hi = int(bounds[d]), int(bounds[d + 1])
+            lines.write(out / rel, header, block, block_lo, lo, hi)
+            files.append({"source": source, "entity": entity, "file": rel,
+                          "format": spec["format"], "rows": hi - lo})
+            if d == drift_day:
+                defects.append({"defect_type": "schema_drift", "source": source,
+                                "file": rel, "line": 1, "record_key": None,
+                                "column": SCHEMA_DRIFT_COLUMN})
+            for i in flagged[np.searchsorted(flagged, lo):
+                             np.searchsorted(flagged, hi)].tolist():
+                defects.append({"defect_type": str(defect[i]), "source": source,
+                                "file": rel, "line": i - lo + first_line,
+                                "record_key": keys[i], "column": str(column[i]) or None})
+        del block
+    return files, defects, len(batch)
+
+
+#: From this many event records on, two sources are written at a time (two threads: the
+#: numpy and Arrow kernels and the file writes release the GIL). Below it a thread pool's
+#: start-up and contention would cost more than it saves.
+PARALLEL_MIN_RECORDS = 300_000
+
+
+def _run_sources(jobs: dict[str, Callable[[], tuple[list[dict], list[dict], int]]],
+                 sizes: dict[str, int], bar) -> list[tuple[str, tuple[list[dict], list[dict], int]]]:
+    """Run the per-source jobs, in two threads for big worlds (biggest sources first, so the
+    two threads finish together); results in the jobs' order."""
+    if sum(sizes.values()) < PARALLEL_MIN_RECORDS:
+        results = []
+        for source, job in jobs.items():
+            results.append((source, job()))
+            bar.update(1)
+        return results
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {source: pool.submit(jobs[source])
+                   for source in sorted(jobs, key=lambda source: -sizes[source])}
+        results = []
+        for source in jobs:
+            results.append((source, futures[source].result()))
+            bar.update(1)
+        return results
+
+
 # ----------------------------------------------------------------------------------------------
 def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 42,
              defect_rate: float = 0.02, start_date: date = date(2025, 1, 1),
@@ -980,90 +1101,20 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
 
     # --- event sources: defects, ordering, files ----------------------------------------------
     provider_npis = world.providers["npi"].astype(str)
-    for source, entity in ENTITY_OF_SOURCE.items():
-        spec = sources[source]
-        rng = source_rngs[entity]
-        planter = DefectPlanter(source, builders[source](), rng, days, world.start_day, defect_rate,
-                                patients, len(world.encounters["pat"]), provider_npis)
-        frame = planter.run()
-        is_csv = spec["format"] == "csv"
-        columns = spec.get("columns", [])
-        parts = [frame, *planter.copies]
-        batch = np.concatenate([part.batch for part in parts])
-        ts = np.concatenate([part.ts for part in parts])
-        copy = np.concatenate([part.copy for part in parts])
-        defect = np.concatenate([part.defect for part in parts])
-        column = np.concatenate([part.column for part in parts])
-        records = np.concatenate([part.rows for part in parts])
-        order = np.lexsort((np.arange(len(batch)), ts, copy, batch))
-        position = np.empty_like(order)                 # file position of each part row
-        position[order] = np.arange(len(order))
-        records, batch, defect, column = records[order], batch[order], defect[order], \
-            column[order]
-        lines = _Lines(source, frame, records, columns)
-        start = 0
-        for part in parts:
-            edited, rendered = part.edited_lines(source, columns)
-            lines.replace(position[start + edited], rendered)
-            start += len(part)
-        drift_day = -1
-        if is_csv and source == "ehr_encounters" and defect_rate > 0 and days >= 3:
-            counts = np.bincount(batch, minlength=days)
-            candidates = np.flatnonzero(counts[days // 3: max(days // 3 + 1, 2 * days // 3)])
-            if len(candidates):
-                drift_day = days // 3 + int(candidates[int(rng.integers(0, len(candidates)))])
-        if drift_day >= 0:
-            rows_d = np.flatnonzero(batch == drift_day)
-            drg = frame.extra["drg"][records[rows_d]]
-            extra = [f"{x:03d}" if x >= 0 else "" for x in drg.tolist()]
-            lines.replace(rows_d, [text[:-1] + "," + value + "\n"
-                                   for text, value in zip(lines.texts_of(rows_d), extra)])
-        if planter.truncate_rows:
-            rows_t = np.sort(position[np.asarray(planter.truncate_rows, dtype=np.int64)])
-            old = lines.texts_of(rows_t)
-            if is_csv:
-                new = [_truncate_csv(_raw_fields(text[:-1]), rng) + "\n" for text in old]
-            else:
-                new = []
-                for text in old:
-                    cut = int(len(text) * (0.3 + 0.5 * rng.random()))
-                    new.append(text[:cut] + "\n")
-            lines.replace(rows_t, new)
+    jobs = {source: functools.partial(
+        _write_event_source, out, source, entity, sources[source], builders[source],
+        source_rngs[entity], world, days, defect_rate, patients, day_names, provider_npis)
+        for source, entity in ENTITY_OF_SOURCE.items()}
+    sizes = {"ehr_patients": len(world.changes["pat"]),
+             "ehr_encounters": len(world.encounters["pat"]),
+             "fhir_observations": len(world.labs["enc"]),
+             "fhir_medications": len(world.meds["enc"]),
+             "payer_claims": len(world.claims["line_claim"])}
+    for source, (source_files, source_defects, count) in _run_sources(jobs, sizes, bar):
+        files.extend(source_files)
+        defects.extend(source_defects)
+        rows_per_entity[ENTITY_OF_SOURCE[source]] = count
 
-        # files: one per day (header-only / empty when a day has no records)
-        bounds = np.searchsorted(batch, np.arange(days + 1))
-        first_line = 2 if is_csv else 1
-        pattern = spec["file_pattern"]
-        flagged = np.flatnonzero(defect != "")
-        keys = dict(zip(flagged.tolist(), frame.key(records[flagged]).to_pylist())) \
-            if len(flagged) else {}
-        for first, last in _day_blocks(bounds, BLOCK_RECORDS):
-            block_lo = int(bounds[first])
-            block = lines.compose(block_lo, int(bounds[last]))
-            for d in range(first, last):
-                day_name = day_names[d]
-                rel = f"{source}/{day_name}/{pattern.format(yyyymmdd=day_name.replace('-', ''))}"
-                header = None
-                if is_csv:
-                    header = ",".join(columns + ([SCHEMA_DRIFT_COLUMN] if d == drift_day else []))
-                    header += "\n"
-                lo, hi = int(bounds[d]), int(bounds[d + 1])
-                lines.write(out / rel, header, block, block_lo, lo, hi)
-                files.append({"source": source, "entity": entity, "file": rel,
-                              "format": spec["format"], "rows": hi - lo})
-                if d == drift_day:
-                    defects.append({"defect_type": "schema_drift", "source": source,
-                                    "file": rel, "line": 1, "record_key": None,
-                                    "column": SCHEMA_DRIFT_COLUMN})
-                for i in flagged[np.searchsorted(flagged, lo):
-                                 np.searchsorted(flagged, hi)].tolist():
-                    defects.append({"defect_type": str(defect[i]), "source": source,
-                                    "file": rel, "line": i - lo + first_line,
-                                    "record_key": keys[i], "column": str(column[i]) or None})
-            del block
-        rows_per_entity[entity] = len(batch)
-        del frame, parts, lines, planter       # free this source before the next one
-        bar.update(1)
 
 
     defect_counts: dict[str, int] = {}
