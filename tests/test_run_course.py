@@ -32,6 +32,9 @@ def _alive(pid: int) -> bool:
 
 
 REPORT = "import os\nprint(os.getpid(), os.getcwd(), 'seen' in globals())\nseen = True"
+NAMESPACE = ("import sys\n"
+             "print(sorted(k for k in globals() if not k.startswith('_')), "
+             "'pyspark.sql.connect.session' in sys.modules)")
 
 
 @pytest.mark.skipif(os.name == "nt", reason="checks kernel processes with POSIX signals")
@@ -61,3 +64,13 @@ def test_a_failing_notebook_stops_the_run_and_keeps_its_output(tmp_path, capsys)
     saved = nbformat.read(tmp_path / "out" / "02_bad.ipynb", as_version=4)
     assert saved.cells[0].outputs[0]["ename"] == "ValueError"
     assert not (tmp_path / "out" / "03_never.ipynb").exists()
+
+
+def test_a_prepared_kernel_has_the_modules_loaded_but_an_untouched_namespace(tmp_path):
+    notebooks = [_notebook(tmp_path / f"0{i}_n.ipynb", NAMESPACE) for i in (1, 2)]
+    assert run_notebooks(notebooks, lambda nb: tmp_path / "out" / nb.name)
+    for notebook in notebooks:
+        saved = nbformat.read(tmp_path / "out" / notebook.name, as_version=4)
+        assert saved.cells[0].execution_count == 1
+        assert saved.cells[0].outputs[0]["text"] == (
+            "['In', 'Out', 'exit', 'get_ipython', 'open', 'quit', 'sys'] True\n")

@@ -29,15 +29,21 @@ def course_notebooks(include_solutions: bool = False) -> list[Path]:
     return found
 
 
+#: Modules every course notebook imports first (PySpark's Connect client pulls in pandas,
+#: pyarrow and numpy): a prepared kernel loads them while the previous notebook runs.
+PREWARMED_MODULES: tuple[str, ...] = ("pyspark.sql.connect.session", "pyspark.sql.functions")
+
+
 class KernelLauncher:
     """Fresh kernels, each started while the previous notebook is still running.
 
     Every notebook still gets its own new kernel (nothing is shared between notebooks), but
     starting one (~0.6 s) and shutting one down (~0.3 s) no longer sit between two notebooks:
     the next kernel boots in a background thread during the current notebook, and the finished
-    one shuts down in the background during the next. On POSIX the kernels talk over Unix
-    sockets in a private temporary folder (no TCP ports, no "running over TCP without
-    encryption" warning); on Windows over TCP on localhost.
+    one shuts down in the background during the next. A prepared kernel also loads the modules
+    every notebook imports first (:data:`PREWARMED_MODULES`), binding no name. On POSIX the
+    kernels talk over Unix sockets in a private temporary folder (no TCP ports, no "running
+    over TCP without encryption" warning); on Windows over TCP on localhost.
     """
 
     def __init__(self):
@@ -56,7 +62,25 @@ class KernelLauncher:
             manager = KernelManager(kernel_name="python3", transport="ipc",
                                     ip=str(folder / "kernel"))
         manager.start_kernel(cwd=str(cwd), extra_arguments=["--HistoryManager.hist_file=:memory:"])
+        self._warm_up(manager)
         return manager
+
+    @staticmethod
+    def _warm_up(manager) -> None:
+        """Load PREWARMED_MODULES into the kernel's module cache, binding no name.
+
+        Silent and without history: the notebook's first cell still gets execution count 1
+        and finds an empty namespace; only its ``import pyspark`` no longer costs ~0.6 s.
+        """
+        client = manager.client()
+        client.start_channels()
+        try:
+            client.wait_for_ready(timeout=60)
+            code = f"[__import__(module) for module in {PREWARMED_MODULES!r}]"
+            client.execute_interactive(code, silent=True, store_history=False, timeout=120,
+                                       output_hook=lambda msg: None)
+        finally:
+            client.stop_channels()
 
     def prepare(self, cwd: Path) -> None:
         """Start booting the kernel the next notebook will use (working folder ``cwd``)."""
