@@ -7,12 +7,11 @@ time, so the contract stays the one definition.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -220,44 +219,36 @@ def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
 def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
     """Per source, a function building its records (column recipes, batch day, sort time).
 
-    Sources are built one at a time, when written, so only one source's text is in memory.
+    Sources are built when written, so only the text of the sources being written is in
+    memory. Each builder reads the world's parts when it runs (not before): a source can be
+    built as soon as its part and the encounters are simulated.
     """
     d0 = world.start_day
-    P, E = world.patients, world.encounters
     payer_ids = [p[0] for p in M.PAYERS]
 
     def patients() -> Frame:
         # --- patients (change records) ------------------------------------------------------------
-        ch = world.changes
+        P, ch = world.patients, world.changes
         pat, op, ver = ch["pat"], ch["op"], ch["version"]
         v = np.maximum(ver, 0)
         live = op != 2
         city_idx = P["city"][pat, v]
         cities = [c[0] for c in M.CITIES]
         states = [c[1] for c in M.CITIES]
-        area = np.array([c[3] for c in M.CITIES])
-        zip3 = np.array([c[2] for c in M.CITIES], dtype=object)
-        phone_num = P["phone"][pat, v]
-        zip2 = P["zip2"][pat, v]
+        area = np.array([int(c[3]) for c in M.CITIES], dtype=np.int64)
+        zip3 = np.array([int(c[2]) for c in M.CITIES], dtype=np.int64)
+        # phone and zip as whole numbers (area code + 7 digits; zip3 + 2 digits): one digit
+        # matrix each, the dashes put in by fmt.grouped_digits
+        phone_num = area[city_idx] * 10_000_000 + P["phone"][pat, v]
+        zip_num = zip3[city_idx] * 100 + P["zip2"][pat, v]
         street_no = P["street_no"][pat, v]
         street = P["street"][pat, v]
-
-        def phone(r: np.ndarray) -> pa.Array:
-            num = phone_num[r]
-            text = np.char.add(np.char.add(np.char.add(area[city_idx[r]].astype(str), "-"),
-                                           (num // 10_000).astype(str)),
-                               np.char.add("-", np.char.zfill((num % 10_000).astype(str), 4)))
-            return pa.array(text.astype(object), pa.string())
-
-        def zip_code(r: np.ndarray) -> pa.Array:
-            text = np.char.add(zip3[city_idx[r]].astype(str),
-                               np.char.zfill(zip2[r].astype(str), 2))
-            return pa.array(text.astype(object), pa.string())
+        street_names = pa.array(P["street_pool"], pa.string())
 
         def address(r: np.ndarray) -> pa.Array:
-            text = np.char.add(np.char.add(street_no[r].astype(str), " "),
-                               street[r].astype(str))
-            return fmt.csv_quote(pa.array(text.astype(object), pa.string()))
+            text = pc.binary_join_element_wise(fmt.integers(street_no[r]),
+                                               street_names.take(pa.array(street[r])), " ")
+            return fmt.csv_quote(text)
 
         def change_id(r: np.ndarray) -> pa.Array:
             return fmt.prefixed_ids("CHG", r + 1, 9)
@@ -274,9 +265,9 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
             "address_line": address,
             "city": lambda r: fmt.pick(cities, city_idx[r]),
             "state": lambda r: fmt.pick(states, city_idx[r]),
-            "zip": zip_code,
-            "phone": phone,
-            "ssn": lambda r: pa.array(P["ssn"][pat[r]], pa.string()),
+            "zip": lambda r: fmt.grouped_digits(zip_num[r], [5]),
+            "phone": lambda r: fmt.grouped_digits(phone_num[r], [3, 3, 4]),
+            "ssn": lambda r: fmt.grouped_digits(P["ssn"][pat[r]], [3, 2, 4]),
             "payer_id": lambda r: fmt.pick(payer_ids, P["payer"][pat[r], v[r]]),
         }
         day = ch["ts"] // M.DAY - d0
@@ -289,6 +280,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
 
     def encounters() -> Frame:
         # --- encounters ---------------------------------------------------------------------------
+        E = world.encounters
         facility_ids = world.facilities["facility_id"]
         npis = world.providers["npi"]
 
@@ -318,7 +310,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         # --- lab results (FHIR Observation) -----------------------------------------------------
         # NDJSON fragments are JSON literals (quoted strings, numbers, or null for a planted
         # null_required), so a line is one concatenation of template text and fragments.
-        L = world.labs
+        L, E = world.labs, world.encounters
         loinc = load_code_table("loinc").set_index("code")
         lab_codes = [t[0] for t in M.LABS]
         decimals = np.array([t[1] for t in M.LABS])
@@ -350,7 +342,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
 
     def medications() -> Frame:
         # --- medications (FHIR MedicationRequest) -----------------------------------------------
-        R = world.meds
+        R, E = world.meds, world.encounters
         rx = load_code_table("rxnorm")
         k = len(R["enc"])
         width = max(6, len(str(k)))
@@ -381,7 +373,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
 
     def claims() -> Frame:
         # --- claims -----------------------------------------------------------------------------
-        C = world.claims
+        C, E = world.claims, world.encounters
         lc = C["line_claim"]
         enc_of_line = C["enc"][lc]
         status = C["status"][lc]
@@ -1004,30 +996,79 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
     return files, defects, len(batch)
 
 
-#: From this many event records on, two sources are written at a time (two threads: the
-#: numpy and Arrow kernels and the file writes release the GIL). Below it a thread pool's
-#: start-up and contention would cost more than it saves.
-PARALLEL_MIN_RECORDS = 300_000
+@dataclass
+class _SourceResult:
+    """What writing one event source gave: its manifest entries (already JSON, one per file
+    and per defect: encoded in the writer thread), defects per type and its record count."""
+
+    files: list[str]
+    defects: list[str]
+    defect_counts: dict[str, int]
+    count: int
 
 
-def _run_sources(jobs: dict[str, Callable[[], tuple[list[dict], list[dict], int]]],
-                 sizes: dict[str, int], bar) -> list[tuple[str, tuple[list[dict], list[dict], int]]]:
-    """Run the per-source jobs, in two threads for big worlds (biggest sources first, so the
-    two threads finish together); results in the jobs' order."""
-    if sum(sizes.values()) < PARALLEL_MIN_RECORDS:
+def _event_source_job(out: Path, source: str, spec: dict[str, Any], world: M.World,
+                      rng: np.random.Generator, days: int, defect_rate: float, patients: int,
+                      day_names: np.ndarray) -> _SourceResult:
+    """Write one event source and encode its manifest entries (so that work runs in the
+    writer thread too, not after all sources are written)."""
+    files, defects, count = _write_event_source(
+        out, source, ENTITY_OF_SOURCE[source], spec, frame_builders(world)[source], rng, world,
+        days, defect_rate, patients, day_names, world.providers["npi"].astype(str))
+    counts: dict[str, int] = {}
+    for d in defects:
+        counts[d["defect_type"]] = counts.get(d["defect_type"], 0) + 1
+    return _SourceResult([json.dumps(item) for item in files],
+                         [json.dumps(item) for item in defects], counts, count)
+
+
+#: The simulation stage after which each event source can be written.
+SOURCE_OF_STAGE = {"encounters": "ehr_encounters", "labs": "fhir_observations",
+                   "meds": "fhir_medications", "claims": "payer_claims",
+                   "changes": "ehr_patients"}
+#: From this many encounters on (about 300k event records), sources are written in two
+#: threads while the simulation goes on (numpy and Arrow kernels and file writes release the
+#: GIL). Below it the threads' start-up and contention would cost more than they save.
+PARALLEL_MIN_ENCOUNTERS = 60_000
+
+
+class _SourceWriters:
+    """Writes each event source once its part of the world is simulated.
+
+    For big worlds a source is handed to a pool of two threads the moment the simulation
+    reports its stage ready (encounters are written while labs, medications and claims are
+    still simulated); small worlds write their sources one after another afterwards. Each
+    source has its own random generator and files, so the bytes do not depend on the timing.
+    """
+
+    def __init__(self, job: Callable[[str, M.World], _SourceResult]):
+        self.job = job
+        self.pool: ThreadPoolExecutor | None = None
+        self.futures: dict[str, Future[_SourceResult]] = {}
+        self.world: M.World | None = None
+
+    def ready(self, stage: str, world: M.World) -> None:
+        """The simulation's callback: start writing the source of ``stage`` (big worlds)."""
+        self.world = world
+        if stage == "encounters" and len(world.encounters["pat"]) >= PARALLEL_MIN_ENCOUNTERS:
+            self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="generate")
+        if self.pool is not None:
+            source = SOURCE_OF_STAGE[stage]
+            self.futures[source] = self.pool.submit(self.job, source, world)
+
+    def results(self, sources: list[str], bar) -> list[tuple[str, _SourceResult]]:
+        """Every source's result, in the order of ``sources`` (waiting for the threads)."""
         results = []
-        for source, job in jobs.items():
-            results.append((source, job()))
+        for source in sources:
+            future = self.futures.get(source)
+            result = future.result() if future is not None else self.job(source, self.world)
+            results.append((source, result))
             bar.update(1)
         return results
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {source: pool.submit(jobs[source])
-                   for source in sorted(jobs, key=lambda source: -sizes[source])}
-        results = []
-        for source in jobs:
-            results.append((source, futures[source].result()))
-            bar.update(1)
-        return results
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1048,25 +1089,72 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
     out = Path(out_dir)
     prepare_out_dir(out)
     sources = landing_sources()
-    bar = _progress(progress, total=8)
-
-    world = M.simulate(patients, days, seed, start_date, readmission_rate)
-    bar.update(1)
-    builders = frame_builders(world)
-    bar.update(1)
+    bar = _progress(progress, total=7)
     day_names = (np.datetime64(start_date, "D") + np.arange(days)).astype(str)
-
-    files: list[dict[str, Any]] = []
-    defects: list[dict[str, Any]] = []
-    rows_per_entity: dict[str, int] = {}
     # one generator per source, derived from the seed: planting in one source never shifts
     # another source's random stream
     seed_seq = np.random.SeedSequence([seed, 7])
     source_rngs = dict(zip(["reference", *ENTITY_OF_SOURCE.values()],
                            [np.random.default_rng(s) for s in seed_seq.spawn(6)]))
 
-    # --- reference files, delivered once on the first day -----------------------------------
-    ref_spec = sources["reference"]
+    def job(source: str, world: M.World) -> _SourceResult:
+        return _event_source_job(out, source, sources[source], world,
+                                 source_rngs[ENTITY_OF_SOURCE[source]], days, defect_rate,
+                                 patients, day_names)
+
+    writers = _SourceWriters(job)
+    try:
+        world = M.simulate(patients, days, seed, start_date, readmission_rate, writers.ready)
+        bar.update(1)
+        files, defects, rows_per_entity = _write_reference(out, sources["reference"], world,
+                                                           source_rngs["reference"],
+                                                           defect_rate, day_names)
+        bar.update(1)
+        results = writers.results(list(ENTITY_OF_SOURCE), bar)
+    finally:
+        writers.close()
+
+    file_entries = [json.dumps(item) for item in files]
+    defect_entries = [json.dumps(item) for item in defects]
+    defect_counts: dict[str, int] = {}
+    for d in defects:
+        defect_counts[d["defect_type"]] = defect_counts.get(d["defect_type"], 0) + 1
+    for source, result in results:
+        file_entries.extend(result.files)
+        defect_entries.extend(result.defects)
+        for defect, count in result.defect_counts.items():
+            defect_counts[defect] = defect_counts.get(defect, 0) + count
+        rows_per_entity[ENTITY_OF_SOURCE[source]] = result.count
+    defect_counts = dict(sorted(defect_counts.items()))
+    manifest = {
+        "generator": "data_generator",
+        "version": GENERATOR_VERSION,
+        "seed": seed,
+        "parameters": {"patients": patients, "days": days, "seed": seed,
+                       "defect_rate": defect_rate, "start_date": start_date.isoformat(),
+                       "readmission_rate": readmission_rate},
+        "batch_dates": [str(x) for x in day_names],
+        "rows": rows_per_entity,
+        "required_columns": REQUIRED_COLUMNS,
+        "defect_counts": defect_counts,
+    }
+    (out / MANIFEST_NAME).write_text(_manifest_text(manifest, file_entries, defect_entries),
+                                     encoding="utf-8")
+    bar.close()
+    return GenerationSummary(out_dir=out, rows=rows_per_entity, files=len(file_entries),
+                             defects=len(defect_entries), defect_counts=defect_counts,
+                             seconds=time.perf_counter() - started)
+
+
+def _write_reference(out: Path, ref_spec: dict[str, Any], world: M.World,
+                     rng: np.random.Generator, defect_rate: float, day_names: np.ndarray
+                     ) -> tuple[list[dict], list[dict], dict[str, int]]:
+    """Reference files, delivered once on the first day (with their two planted defects).
+
+    Returns their manifest file entries, defects and rows per entity."""
+    files: list[dict[str, Any]] = []
+    defects: list[dict[str, Any]] = []
+    rows_per_entity: dict[str, int] = {}
     ref = reference_tables(world)
     for entity, spec in ref_spec["entities"].items():
         table = ref[entity]
@@ -1075,13 +1163,13 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
         planted: list[tuple[int, str, str]] = []      # (row index, defect, column)
         if defect_rate > 0 and entity == "facilities":
             # one facility state delivered lower case with a blank (" oh"): standardized
-            i = int(source_rngs["reference"].integers(0, len(rows)))
+            i = int(rng.integers(0, len(rows)))
             col = columns.index("state")
             rows[i][col] = " " + rows[i][col].lower()
             planted.append((i, "whitespace_case_noise", "state"))
         if defect_rate > 0 and entity == "providers":
             # the reference extract repeats one provider row at its end: silver drops the copy
-            i = int(source_rngs["reference"].integers(0, len(rows)))
+            i = int(rng.integers(0, len(rows)))
             rows.append(list(rows[i]))
             planted.append((len(rows) - 1, "exact_duplicate", ""))
         rel = f"reference/{day_names[0]}/{spec['file']}"
@@ -1097,60 +1185,16 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
                             "line": i + 2, "record_key": rows[i][key_col],
                             "column": col or None})
         rows_per_entity[entity] = len(rows)
-    bar.update(1)
-
-    # --- event sources: defects, ordering, files ----------------------------------------------
-    provider_npis = world.providers["npi"].astype(str)
-    jobs = {source: functools.partial(
-        _write_event_source, out, source, entity, sources[source], builders[source],
-        source_rngs[entity], world, days, defect_rate, patients, day_names, provider_npis)
-        for source, entity in ENTITY_OF_SOURCE.items()}
-    sizes = {"ehr_patients": len(world.changes["pat"]),
-             "ehr_encounters": len(world.encounters["pat"]),
-             "fhir_observations": len(world.labs["enc"]),
-             "fhir_medications": len(world.meds["enc"]),
-             "payer_claims": len(world.claims["line_claim"])}
-    for source, (source_files, source_defects, count) in _run_sources(jobs, sizes, bar):
-        files.extend(source_files)
-        defects.extend(source_defects)
-        rows_per_entity[ENTITY_OF_SOURCE[source]] = count
+    return files, defects, rows_per_entity
 
 
-
-    defect_counts: dict[str, int] = {}
-    for d in defects:
-        defect_counts[d["defect_type"]] = defect_counts.get(d["defect_type"], 0) + 1
-    defect_counts = dict(sorted(defect_counts.items()))
-    manifest = {
-        "generator": "data_generator",
-        "version": GENERATOR_VERSION,
-        "seed": seed,
-        "parameters": {"patients": patients, "days": days, "seed": seed,
-                       "defect_rate": defect_rate, "start_date": start_date.isoformat(),
-                       "readmission_rate": readmission_rate},
-        "batch_dates": [str(x) for x in day_names],
-        "rows": rows_per_entity,
-        "required_columns": REQUIRED_COLUMNS,
-        "defect_counts": defect_counts,
-        "files": files,
-        "defects": defects,
-    }
-    (out / MANIFEST_NAME).write_text(_manifest_text(manifest), encoding="utf-8")
-    bar.close()
-    return GenerationSummary(out_dir=out, rows=rows_per_entity, files=len(files),
-                             defects=len(defects), defect_counts=defect_counts,
-                             seconds=time.perf_counter() - started)
-
-
-def _manifest_text(manifest: dict) -> str:
-    """Readable JSON with one line per file and per defect (and fast: C encoder per entry)."""
-    parts = []
-    for key, value in manifest.items():
-        if key in ("files", "defects"):
-            body = ",\n  ".join(json.dumps(item) for item in value)
-            parts.append(f'"{key}": [\n  {body}\n ]' if value else f'"{key}": []')
-        else:
-            parts.append(f"{json.dumps(key)}: {json.dumps(value)}")
+def _manifest_text(manifest: dict, files: list[str], defects: list[str]) -> str:
+    """Readable JSON with one line per file and per defect (``files`` and ``defects`` are
+    their entries, already JSON) after the other keys of ``manifest``."""
+    parts = [f"{json.dumps(key)}: {json.dumps(value)}" for key, value in manifest.items()]
+    for key, entries in (("files", files), ("defects", defects)):
+        body = ",\n  ".join(entries)
+        parts.append(f'"{key}": [\n  {body}\n ]' if entries else f'"{key}": []')
     return "{\n " + ",\n ".join(parts) + "\n}\n"
 
 

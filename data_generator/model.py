@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
+from typing import Callable
 
 import numpy as np
 
@@ -293,9 +294,22 @@ def staffed_beds(encounters: dict[str, np.ndarray], n_fac: int, fac_type: np.nda
     return np.where(fac_type < 2, np.maximum(beds, 2), 0).astype(np.int64)
 
 
+#: Called with a stage name ("encounters", "labs", "meds", "claims", "changes") and the world as
+#: soon as that part of it is final: a caller can write it while the rest is simulated.
+Ready = Callable[[str, "World"], None]
+
+
 def simulate(patients: int, days: int, seed: int, start_date: date,
-             readmission_rate: float = 0.12) -> World:
+             readmission_rate: float = 0.12, ready: Ready | None = None) -> World:
+    """Simulate the health system's records for ``days`` from ``start_date``.
+
+    ``ready(stage, world)`` is called as each part becomes final (encounters, then labs,
+    medications, claims and at last patient changes with the patients), so the writing of
+    the first sources overlaps the simulation of the others. The parts filled in later are
+    empty dicts until then; the random draws are the same with or without ``ready``.
+    """
     rng = np.random.default_rng(seed)
+    notify: Ready = ready or (lambda stage, world: None)
     start_day = int((np.datetime64(start_date, "D") - np.datetime64("1970-01-01", "D")).astype(int))
     t0 = start_day * DAY
     t_end = (start_day + days) * DAY
@@ -333,6 +347,8 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         "facility_idx": prov_fac,
     }
     fac_prov_start = np.searchsorted(prov_fac, np.arange(n_fac))
+    world = World(start_day=start_day, days=days, facilities=facilities, providers=providers,
+                  patients={}, changes={}, encounters={}, labs={}, meds={}, claims={})
     fac_prov_count = np.bincount(prov_fac, minlength=n_fac)
 
     # --- patients ---------------------------------------------------------------------------
@@ -357,10 +373,11 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
                              [0.06, 0.14, 0.73, 0.07], [0.90, 0.05, 0.04, 0.01]])
     payer0 = _payer_for(rng, payer_type_p, age_band)
     home_phone = rng.integers(2_000_000, 10_000_000, n)     # exchange 200-999 + line
-    ssn = np.char.add(np.char.add(np.char.add(np.char.add(
-        rng.integers(900, 1000, n).astype(str), "-"),
-        np.char.zfill(rng.integers(1, 100, n).astype(str), 2)), "-"),
-        np.char.zfill(rng.integers(1, 10_000, n).astype(str), 4)).astype(object)
+    # SSN as its 9 digits (area 900-999: never issued; group 01-99; serial 0001-9999),
+    # formatted AAA-GG-SSSS when written
+    ssn_area = rng.integers(900, 1000, n)
+    ssn_group = rng.integers(1, 100, n)
+    ssn = ssn_area * 1_000_000 + ssn_group * 10_000 + rng.integers(1, 10_000, n)
 
     # --- encounters: Poisson counts per patient and class -----------------------------------
     years = days / 365.0
@@ -566,10 +583,15 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     }
 
     facilities["staffed_beds"] = staffed_beds(encounters, n_fac, fac_type, start_day, days)
+    world.encounters = encounters
+    notify("encounters", world)
 
-    labs = _labs(rng, encounters, cond)
-    meds = _meds(rng, encounters, cond)
-    claims = _claims(rng, encounters, t_end)
+    world.labs = _labs(rng, encounters, cond)
+    notify("labs", world)
+    world.meds = _meds(rng, encounters, cond)
+    notify("meds", world)
+    claims = world.claims = _claims(rng, encounters, t_end)
+    notify("claims", world)
 
     # DELETE: a few patients whose record is retired after their last activity (merged charts)
     last = insert_ts.copy()
@@ -582,16 +604,15 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     delete_ts = last + DAY + (rng.random(n) * np.maximum(t_end - last - 2 * DAY, 0)).astype(
         np.int64)
 
-    changes = _change_records(n, insert_ts, upd_ts, upd_valid, delete, delete_ts)
-    patients_out = {
+    world.changes = _change_records(n, insert_ts, upd_ts, upd_valid, delete, delete_ts)
+    world.patients = {
         "sex": sex, "birth_day": birth_day, "first_name": first_name, "last_name": last_name,
-        "street_no": v_street_no, "street": street_pool[v_street], "zip2": v_zip2,
+        "street_no": v_street_no, "street": v_street, "street_pool": street_pool, "zip2": v_zip2,
         "city": v_city, "payer": v_payer, "phone": v_phone, "ssn": ssn, "cond": cond,
         "age": age, "n_chronic": n_chronic, "insert_ts": insert_ts,
     }
-    return World(start_day=start_day, days=days, facilities=facilities, providers=providers,
-                 patients=patients_out, changes=changes, encounters=encounters, labs=labs,
-                 meds=meds, claims=claims)
+    notify("changes", world)
+    return world
 
 
 # ----------------------------------------------------------------------------------------------
