@@ -293,6 +293,24 @@ def test_conform_to_schema_refuses_a_lossy_cast(spark):
     assert_df_equality(ok, spark.createDataFrame([(2, 12)], "a int, b int"))
 
 
+def test_split_csv_line_reads_every_line_as_the_csv_module_does():
+    import csv
+    import random
+
+    rng = random.Random(7)
+    alphabet = ['a', 'b', ',', ' ', '"', "'", '\t', '\r', '\n', 'é', ';', '\\', '\x00']
+    lines = ["", ",", "a,b,", '"a,b",c', 'x,"open', 'a""b,c'] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(3000)]
+    for line in lines:
+        try:
+            expected = next(csv.reader([line]), [])
+        except csv.Error:       # e.g. a bare carriage return outside quotes: same error
+            with pytest.raises(csv.Error):
+                S.split_csv_line(line)
+            continue
+        assert S.split_csv_line(line) == expected, repr(line)
+
+
 def test_lost_values_checks_only_the_columns_a_cast_would_change(spark):
     df = spark.createDataFrame([("x", 1), ("2", 3)], "a string, n int")
     assert S.lost_values(df, [("a", "string"), ("n", "int")]) == ({}, None)  # nothing to cast

@@ -261,20 +261,27 @@ def _accepted_sql(column: str, field_name: str | None = None) -> str:
 # ================================================================================================
 # Parsing: raw text -> all-string record
 # ================================================================================================
+def split_csv_line(line: str) -> list[str]:
+    """The fields of one CSV line, as Python's ``csv`` module reads them (RFC 4180 quotes).
+
+    Most lines hold no quote and no line break; for them ``str.split`` gives the same fields
+    several times faster, and silver parses every bronze line with this.
+    """
+    import csv
+
+    if '"' in line or "\r" in line or "\n" in line:
+        return next(csv.reader([line]), [])
+    return line.split(",") if line else []
+
+
 @lru_cache(maxsize=1)
 def _csv_split_udf():
     from pyspark.sql import functions as F
 
     @F.pandas_udf("array<string>")
     def csv_split(lines):  # pandas Series -> Series of lists
-        import csv
 
-        def split(line):
-            if line is None:
-                return None
-            return next(csv.reader([line]), [])
-
-        return lines.map(split)
+        return lines.map(lambda line: None if line is None else split_csv_line(line))
 
     return csv_split
 
@@ -326,7 +333,7 @@ def _csv_record_udf(columns: tuple[str, ...]):
                 names_cache[header] = ([n.strip() for n in next(csv.reader([header]), [])]
                                        if header is not None else [])
             names = names_cache[header]
-            fields = next(csv.reader([value]), []) if value is not None else []
+            fields = split_csv_line(value) if value is not None else []
             by_name = {n: fields[i] for i, n in enumerate(names) if i < len(fields)}
             for c in columns:
                 out[c].append(by_name.get(c))
