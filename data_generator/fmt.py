@@ -144,8 +144,21 @@ def _time_of_day_matrix() -> np.ndarray:
 
 
 def date_matrix(days: np.ndarray) -> np.ndarray | None:
-    """``n x 10`` bytes of ``YYYY-MM-DD`` from days since the epoch, by calendar arithmetic
-    (proleptic Gregorian, H. Hinnant's days-to-civil); None outside years 1000-9999."""
+    """``n x 10`` bytes of ``YYYY-MM-DD`` from days since the epoch; None outside years
+    1000-9999. When the days span fewer dates than there are rows (event dates of a few
+    months), each date is computed once and the rows are a lookup."""
+    days = np.asarray(days, dtype=np.int64)
+    if len(days) > 64:
+        low, high = int(days.min()), int(days.max())
+        if high - low < len(days):
+            table = _civil_date_matrix(np.arange(low, high + 1, dtype=np.int64))
+            return None if table is None else table[days - low]
+    return _civil_date_matrix(days)
+
+
+def _civil_date_matrix(days: np.ndarray) -> np.ndarray | None:
+    """``date_matrix`` by calendar arithmetic (proleptic Gregorian, H. Hinnant's
+    days-to-civil)."""
     z = np.asarray(days, dtype=np.int64) + 719_468
     era = z // 146_097
     doe = z - era * 146_097
@@ -191,9 +204,11 @@ def timestamps(seconds: np.ndarray, suffix: str = "", prefix: str = "") -> pa.Ar
 _POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
-def number_text(scaled: np.ndarray, decimals: int | np.ndarray) -> pa.Array:
+def number_text(scaled: np.ndarray, decimals: int | np.ndarray,
+                blank: np.ndarray | None = None) -> pa.Array:
     """Text of ``scaled / 10**decimals`` (``decimals`` per row or for all), computed on integers:
-    ``-12.50``-style, no exponent, as ``str(int)`` gives for ``decimals=0``.
+    ``-12.50``-style, no exponent, as ``str(int)`` gives for ``decimals=0``. Rows where
+    ``blank`` is true are empty text (e.g. amounts of claims not adjudicated yet).
 
     Each row's text is right-aligned in a byte matrix as wide as the longest, and the matrix
     compacted row by row (a boolean mask) into the Arrow data buffer.
@@ -202,31 +217,31 @@ def number_text(scaled: np.ndarray, decimals: int | np.ndarray) -> pa.Array:
     n = len(scaled)
     if n == 0:
         return pa.array([], pa.string())
-    dec = np.broadcast_to(np.asarray(decimals, dtype=np.int64), (n,))
     neg = scaled < 0
     magnitude = np.abs(scaled)
-    groups = [(int(d), dec == d) for d in np.unique(dec)]
+    if np.ndim(decimals) == 0:
+        groups: list[tuple[int, slice | np.ndarray]] = [(int(decimals), slice(None))]
+    else:
+        dec = np.asarray(decimals, dtype=np.int64)
+        present = np.flatnonzero(np.bincount(dec))
+        groups = [(int(d), slice(None) if len(present) == 1 else np.flatnonzero(dec == d))
+                  for d in present]
     length = np.empty(n, dtype=np.int64)
-    parts = []
     for d, sel in groups:
-        whole = magnitude[sel] // 10**d
+        whole = magnitude[sel] // 10**d if d else magnitude[sel]
         length[sel] = 1 + np.searchsorted(_POWERS_OF_TEN, whole, side="right") + (d + 1 if d else 0)
-        parts.append((d, sel, whole))
     length += neg
-    width = int(length.max())
-    out = np.empty((n, width), dtype=np.uint8)
-    for d, sel, whole in parts:
-        tail = d + 1 if d else 0
-        block = np.empty((len(whole), width), dtype=np.uint8)
-        block[:, :width - tail] = digit_matrix(whole, width - tail)
-        if d:
-            block[:, width - d - 1] = ord(".")
-            block[:, width - d:] = digit_matrix(magnitude[sel] % 10**d, d)
-        if len(groups) == 1:
+    if blank is not None:
+        length[np.asarray(blank, dtype=bool)] = 0
+    width = max(int(length.max()), 1)
+    out = np.empty((n, width), dtype=np.uint8) if len(groups) > 1 else None
+    for d, sel in groups:
+        block = _unsigned_text_matrix(magnitude[sel], d, width)
+        if out is None:
             out = block
         else:
             out[sel] = block
-    rows = np.flatnonzero(neg)
+    rows = np.flatnonzero(neg & (length > 0))
     out[rows, width - length[rows]] = ord("-")
     keep = np.arange(width) >= (width - length)[:, None]
     offsets = np.zeros(n + 1, dtype=np.int64)
@@ -237,7 +252,26 @@ def number_text(scaled: np.ndarray, decimals: int | np.ndarray) -> pa.Array:
                                        pa.py_buffer(out[keep]))
 
 
+def _unsigned_text_matrix(magnitude: np.ndarray, decimals: int, width: int) -> np.ndarray:
+    """``n x width`` bytes: ``magnitude / 10**decimals`` right-aligned and zero-padded
+    (``0000012.50``); the caller keeps each row's last ``length`` bytes."""
+    if not decimals:
+        return digit_matrix(magnitude, width)
+    digits = digit_matrix(magnitude, width - 1)
+    return concat_matrices([digits[:, :width - 1 - decimals], ".",
+                            digits[:, width - 1 - decimals:]], len(magnitude))
+
+
+#: Integers in ``0 .. SMALL_INTEGERS - 1`` are formatted as category labels (line numbers,
+#: units): a label part merges with its neighbours in ``join_lines``.
+SMALL_INTEGERS = 1000
+
+
 def integers(values: np.ndarray) -> pa.Array:
+    """Decimal text of integers (a dictionary array when all are small and non-negative)."""
+    values = np.asarray(values, dtype=np.int64)
+    if len(values) and values.min() >= 0 and values.max() < SMALL_INTEGERS:
+        return pick([str(i) for i in range(int(values.max()) + 1)], values)
     return number_text(values, 0)
 
 
@@ -259,7 +293,7 @@ def prefixed_ids(prefix: str, numbers: np.ndarray, width: int, suffix: str = "")
     if len(numbers) and numbers.min() >= 0 and numbers.max() < 10**width:
         return text_from_matrix(concat_matrices([prefix, digit_matrix(numbers, width), suffix],
                                                 len(numbers)))
-    digits = pc.utf8_lpad(integers(numbers), width, "0")
+    digits = pc.utf8_lpad(number_text(numbers, 0), width, "0")
     return pc.binary_join_element_wise(prefix, digits, suffix, "")
 
 

@@ -211,10 +211,6 @@ class Frame:
         return self.cols[column](self.rows[np.asarray(rows, dtype=np.int64)]).to_pylist()
 
 
-def _empty_if(values: pa.Array, mask: np.ndarray) -> pa.Array:
-    return pc.if_else(pa.array(np.asarray(mask, dtype=bool)), "", values)
-
-
 # ----------------------------------------------------------------------------------------------
 def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
     """Per source, a function building its records (column recipes, batch day, sort time).
@@ -246,7 +242,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         street_names = pa.array(P["street_pool"], pa.string())
 
         def address(r: np.ndarray) -> pa.Array:
-            text = pc.binary_join_element_wise(fmt.integers(street_no[r]),
+            text = pc.binary_join_element_wise(fmt.number_text(street_no[r], 0),
                                                street_names.take(pa.array(street[r])), " ")
             return fmt.csv_quote(text)
 
@@ -380,6 +376,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         pending = status == 2
         denial = C["denial"][lc]
         adjudicated = C["adjudicated"][lc]
+        cpt_codes = load_code_table("cpt")["code"].tolist()
 
         def claim_id(r: np.ndarray) -> pa.Array:               # one claim per encounter
             return fmt.prefixed_ids("CLM", enc_of_line[r] + 1, 9)
@@ -394,22 +391,21 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
             "mrn": lambda r: fmt.prefixed_ids("MRN", E["pat"][enc_of_line[r]] + 1, 7),
             "payer_id": lambda r: fmt.pick(payer_ids, E["payer"][enc_of_line[r]]),
             "service_date": lambda r: fmt.dates(E["admit"][enc_of_line[r]] // M.DAY),
-            "cpt_code": lambda r: pa.array(C["code"][r], pa.string()),
+            "cpt_code": lambda r: fmt.pick(cpt_codes, C["cpt"][r]),
             "units": lambda r: fmt.integers(C["units"][r]),
-            "billed_amount": lambda r: fmt.scaled_integers(C["billed"][r], 2),
-            "allowed_amount": lambda r: _empty_if(fmt.scaled_integers(C["allowed"][r], 2),
-                                                  pending[r]),
-            "paid_amount": lambda r: _empty_if(fmt.scaled_integers(C["paid"][r], 2), pending[r]),
+            "billed_amount": lambda r: fmt.number_text(C["billed"][r], 2),
+            "allowed_amount": lambda r: fmt.number_text(C["allowed"][r], 2, pending[r]),
+            "paid_amount": lambda r: fmt.number_text(C["paid"][r], 2, pending[r]),
             "claim_status": lambda r: fmt.pick(M.CLAIM_STATUSES, status[r]),
-            "denial_reason": lambda r: _empty_if(fmt.pick(M.DENIAL_REASONS,
-                                                          np.maximum(denial[r], 0)),
-                                                 denial[r] < 0),
+            # label 0 is the empty reason of claims not denied (denial -1)
+            "denial_reason": lambda r: fmt.pick(["", *M.DENIAL_REASONS], denial[r] + 1),
             "adjudication_date": lambda r: fmt.dates(adjudicated[r]),
         }
         # sort time: adjudication day, then claim and line order
         sort_ts = adjudicated * M.DAY + (np.arange(len(lc)) % M.DAY)
         return Frame(cols, adjudicated - d0, sort_ts,
-                     lambda r: pc.binary_join_element_wise(claim_id(r), line_number(r), ":"))
+                     lambda r: pc.binary_join_element_wise(claim_id(r),
+                                                           fmt.decode(line_number(r)), ":"))
     return {"ehr_patients": patients, "ehr_encounters": encounters,
             "fhir_observations": observations, "fhir_medications": medications,
             "payer_claims": claims}
@@ -861,11 +857,8 @@ class _Lines:
         file: runs of clean lines straight from the Arrow buffer (no Python join), the replaced
         lines in between."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as handle:
-            if header is not None:
-                handle.write(header.encode("utf-8"))
-            if hi <= lo:
-                return
+        pieces: list[bytes | memoryview] = [] if header is None else [header.encode("utf-8")]
+        if hi > lo:
             if self._positions is None:
                 self._positions = np.array(sorted(self.replaced), dtype=np.int64)
             replaced = self._positions[np.searchsorted(self._positions, lo):
@@ -874,14 +867,38 @@ class _Lines:
             offsets = np.frombuffer(buffers[1], dtype=np.int32,
                                     count=block.offset + len(block) + 1)[block.offset:]
             data = memoryview(buffers[2])
-            start = lo
-            for p in replaced.tolist():
-                if p > start:
-                    handle.write(data[int(offsets[start - block_lo]):int(offsets[p - block_lo])])
-                handle.write(self.replaced[p].encode("utf-8"))
-                start = p + 1
-            if hi > start:
-                handle.write(data[int(offsets[start - block_lo]):int(offsets[hi - block_lo])])
+            # clean run i is lines starts[i] .. ends[i] (exclusive), replaced line i after it
+            run_from = offsets[np.r_[lo, replaced + 1] - block_lo].tolist()
+            run_to = offsets[np.r_[replaced, hi] - block_lo].tolist()
+            for i, p in enumerate(replaced.tolist()):
+                if run_to[i] > run_from[i]:
+                    pieces.append(data[run_from[i]:run_to[i]])
+                pieces.append(self.replaced[p].encode("utf-8"))
+            if run_to[-1] > run_from[-1]:
+                pieces.append(data[run_from[-1]:run_to[-1]])
+        _write_file(path, pieces)
+
+
+#: Buffers per os.writev call (the system's IOV_MAX, at most 1024).
+_IOV_MAX = min(os.sysconf("SC_IOV_MAX"), 1024) if hasattr(os, "sysconf") else 1024
+
+
+def _write_file(path: Path, pieces: list[bytes | memoryview]) -> None:
+    """Write ``pieces`` one after another as the file ``path``: with ``os.writev`` (one system
+    call per 1024 pieces instead of one or two per piece: a file holds a clean run of lines
+    between every two planted defects), else piece by piece."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0),
+                 0o666)
+    try:
+        for i in range(0, len(pieces), _IOV_MAX):
+            chunk = pieces[i:i + _IOV_MAX]
+            written = os.writev(fd, chunk) if hasattr(os, "writev") else 0
+            if written < sum(len(piece) for piece in chunk):
+                rest = memoryview(b"".join(chunk))[written:]
+                while len(rest):
+                    rest = rest[os.write(fd, rest):]
+    finally:
+        os.close(fd)
 
 
 def _day_blocks(bounds: np.ndarray, size: int) -> list[tuple[int, int]]:

@@ -820,7 +820,7 @@ def _claims(rng: np.random.Generator, enc: dict, t_end: int) -> dict:
     paid = np.where(l_status == 1, 0, paid)
     denial = np.where(status == 1, rng.integers(0, len(DENIAL_REASONS), c), -1)
     return {"enc": billed, "status": status, "adjudicated": adjudicated, "denial": denial,
-            "line_claim": line_claim, "line_no": line_no, "code": code, "units": units,
+            "line_claim": line_claim, "line_no": line_no, "code": code, "cpt": cidx, "units": units,
             "billed": billed_cents, "allowed": allowed, "paid": paid}
 
 
