@@ -98,6 +98,13 @@ INVALID_CODES = {
 ENTITY_OF_SOURCE = {"ehr_patients": "patients", "ehr_encounters": "encounters",
                     "fhir_observations": "lab_results", "fhir_medications": "medications",
                     "payer_claims": "claims"}
+#: A record's planted defect and its column are kept as codes (index into these lists, 0 =
+#: none): a byte per record instead of a Python string, cheap to concatenate and reorder.
+DEFECT_NAMES = ["", *sorted({d for spec in SOURCE_DEFECTS.values() for d in spec})]
+DEFECT_COLUMNS = ["", *sorted({c for spec in SOURCE_DEFECTS.values()
+                               for cols in spec.values() for c in cols or []})]
+_DEFECT_CODE = {name: i for i, name in enumerate(DEFECT_NAMES)}
+_COLUMN_CODE = {name: i for i, name in enumerate(DEFECT_COLUMNS)}
 
 
 @dataclass
@@ -135,10 +142,10 @@ class Frame:
     ``cols`` the recipes of CSV fields (already quoted) or NDJSON fragments (JSON literals);
     ``batch`` the day index of the batch each record is delivered in; ``ts`` the sort time
     inside a file; ``key`` the recipe of the manifest record key; ``copy`` marks re-sent
-    duplicates (sorted after originals); ``defect``/``column`` the planted defect ("" when
-    clean). ``blank`` = (mask over record numbers, k): those records carry only their first k
-    fields, the others empty (the recipes do not blank them: such lines are rendered apart,
-    and defects are never planted on them).
+    duplicates (sorted after originals); ``defect``/``column`` the planted defect (codes into
+    DEFECT_NAMES and DEFECT_COLUMNS, 0 when clean). ``blank`` = (mask over record numbers,
+    k): those records carry only their first k fields, the others empty (the recipes do not
+    blank them: such lines are rendered apart, and defects are never planted on them).
     """
 
     def __init__(self, cols: dict[str, Recipe], batch: np.ndarray, ts: np.ndarray,
@@ -153,8 +160,8 @@ class Frame:
         n = len(self.batch)
         self.rows = np.arange(n, dtype=np.int64) if rows is None else rows
         self.copy = np.zeros(n, dtype=bool)
-        self.defect = np.full(n, "", dtype=object)
-        self.column = np.full(n, "", dtype=object)
+        self.defect = np.zeros(n, dtype=np.int8)      # codes: DEFECT_NAMES, DEFECT_COLUMNS
+        self.column = np.zeros(n, dtype=np.int8)
         self.extra = extra or {}
         self.pending: dict[str, tuple[list[int], list[str | None]]] = {}
 
@@ -180,30 +187,25 @@ class Frame:
         pending[1].extend(values)
 
     def edited_lines(self, source: str, columns: list[str]) -> tuple[np.ndarray, list[str]]:
-        """The records with queued edits (planted defects), rendered in Python.
+        """The records with queued edits (planted defects), rendered like the clean lines (the
+        edited columns' values replaced in Python, the lines joined by Arrow).
 
         Returns their row numbers and lines (each ending with a newline); the caller swaps
         them in for the clean lines when it writes the files.
         """
         if not self.pending:
             return np.zeros(0, dtype=np.int64), []
-        rows = sorted({r for edited, _ in self.pending.values() for r in edited})
-        rows_arr = np.array(rows, dtype=np.int64)
-        position = {r: i for i, r in enumerate(rows)}
-        template = TEMPLATES.get(source)
-        names = [p for p in template if p in self.cols] if template else columns
-        values = {c: self.get(c, rows_arr) for c in dict.fromkeys(names)}
+        rows = np.array(sorted({r for edited, _ in self.pending.values() for r in edited}),
+                        dtype=np.int64)
+        position = {r: i for i, r in enumerate(rows.tolist())}
+        records = self.rows[rows]
+        overrides: dict[str, pa.Array] = {}
         for column, (edited, new_values) in self.pending.items():
-            target = values[column]
+            values = self.cols[column](records).to_pylist()
             for r, v in zip(edited, new_values):
-                target[position[r]] = v
-        if template:
-            rendered = ["".join(values[p][i] if p in values else p for p in template) + "\n"
-                        for i in range(len(rows))]
-        else:
-            rendered = [",".join(values[c][i] for c in columns) + "\n"
-                        for i in range(len(rows))]
-        return rows_arr, rendered
+                values[position[r]] = v
+            overrides[column] = pa.array(values, pa.string())
+        return rows, compose_lines(source, self, records, columns, overrides).to_pylist()
 
     def get(self, column: str, rows: np.ndarray) -> list[str | None]:
         """Values as delivered before queued edits (each record gets one defect, so the rows
@@ -508,7 +510,7 @@ def _days_to_next_change(pat: np.ndarray, ts: np.ndarray) -> np.ndarray:
     A late change of a patient whose newer change is delivered first arrives truly out of
     order: the case an SCD2 MERGE must place in history instead of making it current.
     """
-    order = np.lexsort((ts, pat))
+    order = M.lexsort((ts, pat))
     has_next = np.r_[pat[order][1:] == pat[order][:-1], False]
     day = ts[order] // M.DAY                      # calendar days: batches are per day
     gap = np.r_[day[1:] - day[:-1], 0]
@@ -579,8 +581,8 @@ class DefectPlanter:
                                                                        len(rows))]
         else:
             picked = np.full(len(rows), "", dtype=object)
-        self.f.defect[rows] = defect
-        self.f.column[rows] = picked
+        self.f.defect[rows] = _DEFECT_CODE[defect]
+        self.f.column[rows] = [_COLUMN_CODE[c] for c in picked]
         return picked
 
     # ------------------------------------------------------------------------------------------
@@ -601,11 +603,11 @@ class DefectPlanter:
             dup = f.take(rows)
             dup.copy[:] = True
             dup.batch = np.minimum(dup.batch + self.rng.integers(0, 3, len(rows)), self.days - 1)
-            dup.defect[:] = defect
+            dup.defect[:] = _DEFECT_CODE[defect]
             if defect == "near_duplicate":
                 columns = np.array(spec[defect], dtype=object)[
                     self.rng.integers(0, len(spec[defect]), len(rows))]
-                dup.column[:] = columns
+                dup.column[:] = [_COLUMN_CODE[c] for c in columns]
                 for col in np.unique(columns):
                     sel = np.flatnonzero(columns == col)
                     upper = col in ("sex", "state")
@@ -746,15 +748,17 @@ TEMPLATES = {"fhir_observations": OBSERVATION_TEMPLATE, "fhir_medications": MEDI
 
 
 # ----------------------------------------------------------------------------------------------
-def compose_lines(source: str, frame: Frame, rows: np.ndarray, columns: list[str]) -> pa.Array:
+def compose_lines(source: str, frame: Frame, rows: np.ndarray, columns: list[str],
+                  overrides: dict[str, pa.Array] | None = None) -> pa.Array:
     """One text line per record number in ``rows`` (in that order), each ending with a newline.
 
     Each column recipe is evaluated once over all the rows, so the lines come out in file
-    order and no long text array is gathered afterwards.
+    order and no long text array is gathered afterwards. ``overrides``: the text of some
+    columns for these rows, used instead of their recipes (edited values).
     """
     if len(rows) == 0:
         return pa.array([], pa.string())
-    formatted: dict[str, pa.Array] = {}
+    formatted: dict[str, pa.Array] = dict(overrides or {})
 
     def text(name: str) -> pa.Array:
         if name not in formatted:
@@ -923,15 +927,18 @@ def _csv_line(values: list[str]) -> str:
 def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any],
                         build: Callable[[], Frame], rng: np.random.Generator, world: M.World,
                         days: int, defect_rate: float, patients: int, day_names: np.ndarray,
-                        provider_npis: np.ndarray) -> tuple[list[dict], list[dict], int]:
+                        provider_npis: np.ndarray
+                        ) -> tuple[list[dict], list[str], dict[str, int], int]:
     """Plant one event source's defects, order its records and write its daily files.
 
-    Returns its manifest file entries, its defects and its record count. Sources share nothing
-    mutable (each has its own random generator and files), so they can run in any order or
-    at the same time.
+    Returns its manifest file entries, its defects (manifest entries already in JSON: there
+    can be 100k, ``_defect_json`` writes them faster than json.dumps), defects per type and
+    its record count.
+    Sources share nothing mutable (each has its own random generator and files), so they can
+    run in any order or at the same time.
     """
     files: list[dict[str, Any]] = []
-    defects: list[dict[str, Any]] = []
+    defects: list[str] = []
     planter = DefectPlanter(source, build(), rng, days, world.start_day, defect_rate,
                             patients, len(world.encounters["pat"]), provider_npis)
     frame = planter.run()
@@ -944,7 +951,7 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
     defect = np.concatenate([part.defect for part in parts])
     column = np.concatenate([part.column for part in parts])
     records = np.concatenate([part.rows for part in parts])
-    order = np.lexsort((np.arange(len(batch)), ts, copy, batch))
+    order = M.lexsort((ts, copy, batch))           # stable: ties keep part order
     position = np.empty_like(order)                 # file position of each part row
     position[order] = np.arange(len(order))
     records, batch, defect, column = records[order], batch[order], defect[order], \
@@ -983,7 +990,7 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
     bounds = np.searchsorted(batch, np.arange(days + 1))
     first_line = 2 if is_csv else 1
     pattern = spec["file_pattern"]
-    flagged = np.flatnonzero(defect != "")
+    flagged = np.flatnonzero(defect)
     keys = dict(zip(flagged.tolist(), frame.key(records[flagged]).to_pylist())) \
         if len(flagged) else {}
     for first, last in _day_blocks(bounds, BLOCK_RECORDS):
@@ -1001,16 +1008,31 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
             files.append({"source": source, "entity": entity, "file": rel,
                           "format": spec["format"], "rows": hi - lo})
             if d == drift_day:
-                defects.append({"defect_type": "schema_drift", "source": source,
-                                "file": rel, "line": 1, "record_key": None,
-                                "column": SCHEMA_DRIFT_COLUMN})
+                defects.append(_defect_json("schema_drift", source, rel, 1, None,
+                                            SCHEMA_DRIFT_COLUMN))
             for i in flagged[np.searchsorted(flagged, lo):
                              np.searchsorted(flagged, hi)].tolist():
-                defects.append({"defect_type": str(defect[i]), "source": source,
-                                "file": rel, "line": i - lo + first_line,
-                                "record_key": keys[i], "column": str(column[i]) or None})
+                defects.append(_defect_json(DEFECT_NAMES[defect[i]], source, rel,
+                                            i - lo + first_line, keys[i],
+                                            DEFECT_COLUMNS[column[i]] or None))
         del block
-    return files, defects, len(batch)
+    per_code = np.bincount(defect[flagged], minlength=len(DEFECT_NAMES))
+    counts = {DEFECT_NAMES[c]: int(per_code[c]) for c in np.flatnonzero(per_code).tolist()}
+    if drift_day >= 0:
+        counts["schema_drift"] = 1
+    return files, defects, counts, len(batch)
+
+
+_json_str = json.encoder.encode_basestring_ascii      # what json.dumps uses for a str
+
+
+def _defect_json(defect: str, source: str, file: str, line: int, key: str | None,
+                 column: str | None) -> str:
+    """``json.dumps`` of a manifest defect entry (same text, without building a dict)."""
+    return (f'{{"defect_type": {_json_str(defect)}, "source": {_json_str(source)}, '
+            f'"file": {_json_str(file)}, "line": {int(line)}, '
+            f'"record_key": {"null" if key is None else _json_str(key)}, '
+            f'"column": {"null" if column is None else _json_str(column)}}}')
 
 
 @dataclass
@@ -1029,14 +1051,10 @@ def _event_source_job(out: Path, source: str, spec: dict[str, Any], world: M.Wor
                       day_names: np.ndarray) -> _SourceResult:
     """Write one event source and encode its manifest entries (so that work runs in the
     writer thread too, not after all sources are written)."""
-    files, defects, count = _write_event_source(
+    files, defects, counts, count = _write_event_source(
         out, source, ENTITY_OF_SOURCE[source], spec, frame_builders(world)[source], rng, world,
         days, defect_rate, patients, day_names, world.providers["npi"].astype(str))
-    counts: dict[str, int] = {}
-    for d in defects:
-        counts[d["defect_type"]] = counts.get(d["defect_type"], 0) + 1
-    return _SourceResult([json.dumps(item) for item in files],
-                         [json.dumps(item) for item in defects], counts, count)
+    return _SourceResult([json.dumps(item) for item in files], defects, counts, count)
 
 
 #: The simulation stage after which each event source can be written.

@@ -165,6 +165,23 @@ class World:
     claims: dict
 
 
+def lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
+    """``np.lexsort(keys)`` (last key primary, stable) of integer or boolean keys, as one stable
+    argsort of a combined int64 key when their ranges fit (about 1.5x faster); else lexsort."""
+    keys = tuple(np.asarray(k) for k in keys)
+    if not keys or len(keys[0]) == 0:
+        return np.lexsort(keys) if keys else np.zeros(0, dtype=np.int64)
+    lows = [int(k.min()) for k in keys]
+    spans = [int(k.max()) - low + 1 for k, low in zip(keys, lows)]
+    if np.prod([float(x) for x in spans]) >= 2.0**62:
+        return np.lexsort(keys)
+    combined = np.zeros(len(keys[0]), dtype=np.int64)
+    for k, low, span in zip(reversed(keys), reversed(lows), reversed(spans)):
+        combined *= span
+        combined += k.astype(np.int64) - low
+    return np.argsort(combined, kind="stable")
+
+
 # ----------------------------------------------------------------------------------------------
 def npi_check_digit(base9: np.ndarray) -> np.ndarray:
     """Luhn check digit of 9-digit NPI bases, computed over the prefix 80840 + base (CMS)."""
@@ -453,7 +470,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         parents = start_idx + np.flatnonzero(~np.isin(child_enc["disp"], [EXPIRED, 4, 6]))
 
     # --- consistency: nothing after death, nothing during an inpatient stay ------------------
-    order = np.lexsort((enc["cls"] != INP, enc["admit"], enc["pat"]))
+    order = lexsort((enc["cls"] != INP, enc["admit"], enc["pat"]))
     enc = {key: v[order] for key, v in enc.items()}
     keep = _drop_overlaps(enc)
     enc = {key: v[keep] for key, v in enc.items()}
@@ -464,7 +481,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     # extracted once completed: only stays discharged inside the window are delivered
     keep &= enc["disch"] < t_end
     enc = {key: v[keep] for key, v in enc.items()}
-    order = np.lexsort((enc["pat"], enc["admit"]))
+    order = lexsort((enc["pat"], enc["admit"]))
     enc = {key: v[order] for key, v in enc.items()}
     m = len(enc["pat"])
     pat, cls = enc["pat"], enc["cls"]
@@ -684,10 +701,11 @@ def _secondary_dx(cond_rows: np.ndarray, main_code: np.ndarray, primary: np.ndar
         bits |= include.astype(np.int64) << k
     if len(main_code) == 0 or len(primary) == 0:
         return np.array([""] * len(primary), dtype=object)
-    present, index = np.unique(bits, return_inverse=True)
-    labels = np.array(["|".join(code for k, code in enumerate(main_code) if s >> k & 1)
-                       for s in present.tolist()], dtype=object)
-    return labels[index.ravel()]
+    labels = np.empty(1 << len(main_code), dtype=object)
+    present = np.flatnonzero(np.bincount(bits, minlength=len(labels)))
+    labels[present] = ["|".join(code for k, code in enumerate(main_code) if s >> k & 1)
+                       for s in present.tolist()]
+    return labels[bits]
 
 
 def _labs(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
@@ -722,7 +740,7 @@ def _labs(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
     value = np.maximum(np.round(value * scale), 1) / scale      # rounded, never zero
     span = np.maximum(enc["disch"][e] - enc["admit"][e], MINUTE)
     ts = enc["admit"][e] + (rng.random(k) * span).astype(np.int64) // 60 * 60
-    order = np.lexsort((test, e, ts))
+    order = lexsort((test, e, ts))
     return {"enc": e[order], "test": test[order], "value": value[order], "ts": ts[order]}
 
 
@@ -759,13 +777,15 @@ def _meds(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
                                                    rng.integers(1, 8, k), rng.integers(5, 15, k)))
     status = np.where(indication[drug] == "inpatient", 1,
                       rng.choice(3, size=k, p=[0.85, 0.1, 0.05]))
-    order = np.lexsort((drug, e, ts))
+    order = lexsort((drug, e, ts))
     return {"enc": e[order], "drug": drug[order], "ts": ts[order], "days": duration[order],
             "status": status[order]}
 
 
 def _claims(rng: np.random.Generator, enc: dict, t_end: int) -> dict:
-    """One claim per non-self-pay encounter; lines = E&M + ancillaries; amounts in cents."""
+    """One claim per non-self-pay encounter; lines = E&M + ancillaries; amounts in cents.
+
+    A line's code is ``cpt``: its row in the CPT code table."""
     cpt = load_code_table("cpt")
     code_idx = {c: i for i, c in enumerate(cpt["code"])}
     base_charge = cpt["base_charge"].to_numpy()
@@ -786,22 +806,22 @@ def _claims(rng: np.random.Generator, enc: dict, t_end: int) -> dict:
     line_claim = np.repeat(np.arange(c), n_lines)
     line_no = np.arange(len(line_claim)) - np.repeat(np.cumsum(n_lines) - n_lines, n_lines) + 1
     l_cls = c_cls[line_claim]
-    em_tbl = np.array([(EM_CODES[k] * 3)[:3] for k in range(6)], dtype=object)
-    anc_tbl = np.array([(ANCILLARY[k] * 10)[:10] for k in range(6)], dtype=object)
+    # codes as indices into the CPT table (the text is looked up when written)
+    em_tbl = np.array([[code_idx[x] for x in (EM_CODES[k] * 3)[:3]] for k in range(6)])
+    anc_tbl = np.array([[code_idx[x] for x in (ANCILLARY[k] * 10)[:10]] for k in range(6)])
     anc_n = np.array([len(ANCILLARY[k]) for k in range(6)])
     em_n = np.array([len(EM_CODES[k]) for k in range(6)])
     nl = len(line_claim)
-    code = anc_tbl[l_cls, (rng.random(nl) * anc_n[l_cls]).astype(int)]
+    cidx = anc_tbl[l_cls, (rng.random(nl) * anc_n[l_cls]).astype(int)]
     first = line_no == 1
-    code = np.where(first, em_tbl[l_cls, (rng.random(nl) * em_n[l_cls]).astype(int)], code)
+    cidx = np.where(first, em_tbl[l_cls, (rng.random(nl) * em_n[l_cls]).astype(int)], cidx)
     n_line = n_lines[line_claim]
     los_days = np.maximum(np.ceil((enc["disch"] - enc["admit"]) / DAY).astype(int), 1)[
         billed][line_claim]
-    code = np.where((l_cls == INP) & (line_no == n_line - 1), "99232", code)
-    code = np.where((l_cls == INP) & (line_no == n_line), "99238", code)
-    units = np.where(code == "99232", np.maximum(los_days - 1, 1), 1)
-    units = np.where(np.isin(code, ["J2405"]), rng.integers(4, 9, nl), units)
-    cidx = np.array([code_idx[x] for x in code], dtype=int) if nl else np.zeros(0, int)
+    cidx = np.where((l_cls == INP) & (line_no == n_line - 1), code_idx["99232"], cidx)
+    cidx = np.where((l_cls == INP) & (line_no == n_line), code_idx["99238"], cidx)
+    units = np.where(cidx == code_idx["99232"], np.maximum(los_days - 1, 1), 1)
+    units = np.where(cidx == code_idx["J2405"], rng.integers(4, 9, nl), units)
     weight = base_charge[cidx] * units * np.exp(0.15 * rng.standard_normal(nl))
     claim_total = np.bincount(line_claim, weights=weight, minlength=c)
     total_cents = enc["charge_cents"][billed]
@@ -820,7 +840,7 @@ def _claims(rng: np.random.Generator, enc: dict, t_end: int) -> dict:
     paid = np.where(l_status == 1, 0, paid)
     denial = np.where(status == 1, rng.integers(0, len(DENIAL_REASONS), c), -1)
     return {"enc": billed, "status": status, "adjudicated": adjudicated, "denial": denial,
-            "line_claim": line_claim, "line_no": line_no, "code": code, "cpt": cidx, "units": units,
+            "line_claim": line_claim, "line_no": line_no, "cpt": cidx, "units": units,
             "billed": billed_cents, "allowed": allowed, "paid": paid}
 
 
@@ -835,5 +855,5 @@ def _change_records(n: int, insert_ts: np.ndarray, upd_ts: np.ndarray, upd_valid
                     np.full(upd_valid[:, 1].sum(), 2), np.full(delete.sum(), -1)]
     ts = np.r_[insert_ts, upd_ts[upd_valid[:, 0], 0], upd_ts[upd_valid[:, 1], 1],
                delete_ts[delete]]
-    order = np.lexsort((op, pat, ts))
+    order = lexsort((op, pat, ts))
     return {"pat": pat[order], "op": op[order], "version": version[order], "ts": ts[order]}
