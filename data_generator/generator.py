@@ -7,11 +7,13 @@ time, so the contract stays the one definition.
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -1067,32 +1069,72 @@ SOURCE_OF_STAGE = {"encounters": "ehr_encounters", "labs": "fhir_observations",
 PARALLEL_MIN_ENCOUNTERS = 60_000
 
 
+#: Records of each stage's source (to start the biggest waiting source first).
+_STAGE_SIZE = {"encounters": lambda w: len(w.encounters["pat"]),
+               "labs": lambda w: len(w.labs["enc"]), "meds": lambda w: len(w.meds["enc"]),
+               "claims": lambda w: len(w.claims["line_claim"]),
+               "changes": lambda w: len(w.changes["pat"])}
+#: Writer threads started alongside the simulation for big worlds.
+WRITER_THREADS = 2
+
+
 class _SourceWriters:
     """Writes each event source once its part of the world is simulated.
 
-    For big worlds a source is handed to a pool of two threads the moment the simulation
-    reports its stage ready (encounters are written while labs, medications and claims are
-    still simulated); small worlds write their sources one after another afterwards. Each
-    source has its own random generator and files, so the bytes do not depend on the timing.
+    For big worlds, writer threads take a source the moment the simulation reports its stage
+    ready (encounters are written while labs, medications and claims are still simulated),
+    the biggest waiting source first; when the simulation is done the main thread takes
+    waiting sources too, so the last big source does not wait for a thread to come free.
+    Small worlds write their sources one after another afterwards. Each source has its own
+    random generator and files, so the bytes do not depend on the timing.
     """
 
     def __init__(self, job: Callable[[str, M.World], _SourceResult]):
         self.job = job
-        self.pool: ThreadPoolExecutor | None = None
-        self.futures: dict[str, Future[_SourceResult]] = {}
         self.world: M.World | None = None
+        self.futures: dict[str, Future[_SourceResult]] = {}
+        self.waiting: list[tuple[int, str]] = []     # heap of (-records, source)
+        self.wake = threading.Condition()
+        self.closed = False
+        self.threads: list[threading.Thread] = []
 
     def ready(self, stage: str, world: M.World) -> None:
-        """The simulation's callback: start writing the source of ``stage`` (big worlds)."""
+        """The simulation's callback: queue the source of ``stage`` (big worlds)."""
         self.world = world
         if stage == "encounters" and len(world.encounters["pat"]) >= PARALLEL_MIN_ENCOUNTERS:
-            self.pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="generate")
-        if self.pool is not None:
+            self.threads = [threading.Thread(target=self._work, name=f"generate-{i}",
+                                             daemon=True) for i in range(WRITER_THREADS)]
+            for thread in self.threads:
+                thread.start()
+        if self.threads:
             source = SOURCE_OF_STAGE[stage]
-            self.futures[source] = self.pool.submit(self.job, source, world)
+            with self.wake:
+                self.futures[source] = Future()
+                heapq.heappush(self.waiting, (-_STAGE_SIZE[stage](world), source))
+                self.wake.notify()
+
+    def _next(self, block: bool) -> str | None:
+        """The biggest waiting source (None when closed, or when none waits and not block)."""
+        with self.wake:
+            while not self.waiting and block and not self.closed:
+                self.wake.wait()
+            return heapq.heappop(self.waiting)[1] if self.waiting and not self.closed else None
+
+    def _run(self, source: str) -> None:
+        future = self.futures[source]
+        try:
+            future.set_result(self.job(source, self.world))
+        except BaseException as err:                 # re-raised by results()
+            future.set_exception(err)
+
+    def _work(self) -> None:
+        while (source := self._next(block=True)) is not None:
+            self._run(source)
 
     def results(self, sources: list[str], bar) -> list[tuple[str, _SourceResult]]:
-        """Every source's result, in the order of ``sources`` (waiting for the threads)."""
+        """Every source's result, in the order of ``sources`` (the simulation is done)."""
+        while self.threads and (source := self._next(block=False)) is not None:
+            self._run(source)
         results = []
         for source in sources:
             future = self.futures.get(source)
@@ -1102,8 +1144,12 @@ class _SourceWriters:
         return results
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+        """Stop the threads (after their current source); waiting sources are dropped."""
+        with self.wake:
+            self.closed = True
+            self.wake.notify_all()
+        for thread in self.threads:
+            thread.join()
 
 
 # ----------------------------------------------------------------------------------------------
