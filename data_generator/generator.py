@@ -190,7 +190,7 @@ class Frame:
 
     def edited_lines(self, source: str, columns: list[str]) -> tuple[np.ndarray, list[str]]:
         """The records with queued edits (planted defects), rendered like the clean lines (the
-        edited columns' values replaced in Python, the lines joined by Arrow).
+        edited values put in by a mask, the lines joined by Arrow).
 
         Returns their row numbers and lines (each ending with a newline); the caller swaps
         them in for the clean lines when it writes the files.
@@ -199,14 +199,18 @@ class Frame:
             return np.zeros(0, dtype=np.int64), []
         rows = np.array(sorted({r for edited, _ in self.pending.values() for r in edited}),
                         dtype=np.int64)
-        position = {r: i for i, r in enumerate(rows.tolist())}
         records = self.rows[rows]
         overrides: dict[str, pa.Array] = {}
         for column, (edited, new_values) in self.pending.items():
-            values = self.cols[column](records).to_pylist()
-            for r, v in zip(edited, new_values):
-                values[position[r]] = v
-            overrides[column] = pa.array(values, pa.string())
+            latest = dict(zip(edited, new_values))          # a later edit of a row wins
+            at = np.searchsorted(rows, np.fromiter(latest, dtype=np.int64, count=len(latest)))
+            order = np.argsort(at, kind="stable")
+            mask = np.zeros(len(rows), dtype=bool)
+            mask[at] = True
+            values = list(latest.values())
+            overrides[column] = pc.replace_with_mask(
+                fmt.decode(self.cols[column](records)), pa.array(mask),
+                pa.array([values[i] for i in order.tolist()], pa.string()))
         return rows, compose_lines(source, self, records, columns, overrides).to_pylist()
 
     def get(self, column: str, rows: np.ndarray) -> list[str | None]:
