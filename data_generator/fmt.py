@@ -120,12 +120,7 @@ def concat_matrices(parts: list[np.ndarray | str], n: int) -> np.ndarray:
 @lru_cache(maxsize=1)
 def _time_of_day_table() -> pa.Array:
     """"HH:MM:SS" for every second of a day: formatting becomes a table lookup (take)."""
-    sod = np.arange(SECONDS_PER_DAY)
-    hours = np.char.zfill((sod // 3600).astype(str), 2)
-    minutes = np.char.zfill((sod // 60 % 60).astype(str), 2)
-    seconds = np.char.zfill((sod % 60).astype(str), 2)
-    return pa.array(np.char.add(np.char.add(np.char.add(hours, ":"), np.char.add(minutes, ":")),
-                                seconds).astype(object))
+    return text_from_matrix(_time_of_day_matrix())
 
 
 def _date_lookup(days: np.ndarray) -> tuple[pa.Array, np.ndarray]:
@@ -140,7 +135,9 @@ def _date_lookup(days: np.ndarray) -> tuple[pa.Array, np.ndarray]:
 @lru_cache(maxsize=1)
 def _time_of_day_matrix() -> np.ndarray:
     """``86400 x 8`` bytes: "HH:MM:SS" for every second of a day (formatting is a lookup)."""
-    return matrix_of(_time_of_day_table())
+    sod = np.arange(SECONDS_PER_DAY)
+    return concat_matrices([digit_matrix(sod // 3600, 2), ":", digit_matrix(sod // 60 % 60, 2),
+                            ":", digit_matrix(sod % 60, 2)], SECONDS_PER_DAY)
 
 
 def date_matrix(days: np.ndarray) -> np.ndarray | None:

@@ -248,6 +248,9 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         street_no = P["street_no"][pat, v]
         street = P["street"][pat, v]
         street_names = pa.array(P["street_pool"], pa.string())
+        # names per patient as (quoted) Arrow text once: a block takes its rows' names
+        first_names = fmt.csv_quote(pa.array(P["first_name"], pa.string()))
+        last_names = fmt.csv_quote(pa.array(P["last_name"], pa.string()))
 
         def address(r: np.ndarray) -> pa.Array:
             text = pc.binary_join_element_wise(fmt.number_text(street_no[r], 0),
@@ -262,8 +265,8 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
             "operation": lambda r: fmt.pick(["INSERT", "UPDATE", "DELETE"], op[r]),
             "change_ts": lambda r: fmt.timestamps(ch["ts"][r]),
             "mrn": lambda r: fmt.prefixed_ids("MRN", pat[r] + 1, 7),
-            "first_name": lambda r: fmt.csv_quote(pa.array(P["first_name"][pat[r]], pa.string())),
-            "last_name": lambda r: fmt.csv_quote(pa.array(P["last_name"][pat[r]], pa.string())),
+            "first_name": lambda r: first_names.take(pa.array(pat[r])),
+            "last_name": lambda r: last_names.take(pa.array(pat[r])),
             "birth_date": lambda r: fmt.dates(P["birth_day"][pat[r]]),
             "sex": lambda r: fmt.pick(["F", "M", "U"], P["sex"][pat[r]]),
             "address_line": address,

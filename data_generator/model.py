@@ -565,7 +565,8 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         rng.choice(6, size=m, p=[0, 0.55, 0.25, 0, 0, 0.2]))
 
     # diagnoses: chronic patients are seen for their conditions
-    pick_cond = rng.random((m, len(CONDITIONS))) * cond[pat]
+    pick_cond = rng.random((m, len(CONDITIONS)))
+    pick_cond *= cond[pat]                             # in place: no second m x 10 array
     some_cond = pick_cond.max(axis=1) > 0
     cond_of_enc = pick_cond.argmax(axis=1)
     chronic_codes = _condition_codes()
@@ -756,7 +757,8 @@ def _meds(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
     chronic_meds = [np.flatnonzero(indication == g) for g in CONDITIONS]
     acute = np.flatnonzero(indication == "acute")
     inpatient = np.flatnonzero(indication == "inpatient")
-    pick_cond = rng.random((k, len(CONDITIONS))) * cond[pat[e]]
+    pick_cond = rng.random((k, len(CONDITIONS)))
+    pick_cond *= cond[pat[e]]
     has_chronic_med = np.array([len(x) > 0 for x in chronic_meds])
     pick_cond *= has_chronic_med
     group = pick_cond.argmax(axis=1)
