@@ -829,8 +829,10 @@ def prepare_out_dir(out_dir: Path) -> None:
 
 #: Lines are composed and written in blocks of whole days of about this many records: the
 #: buffers of one block are reused by the next (fresh memory is slow to touch the first time),
-#: and peak memory stays far below a whole source's text.
-BLOCK_RECORDS = 200_000
+#: and peak memory stays far below a whole source's text. With up to three sources written
+#: at once, 100k (vs 200k) cut peak RSS by ~0.2 GB and CPU by ~0.5 s at 1M encounters;
+#: smaller blocks add per-block overhead.
+BLOCK_RECORDS = 100_000
 
 
 class _Lines:
