@@ -157,7 +157,8 @@ class World:
     days: int
     facilities: dict
     providers: dict
-    patients: dict          # one element per patient (current attributes + history arrays)
+    patients: dict          # one element per patient (current attributes + history arrays;
+                            # "street" indexes "street_pool", "ssn" is the 9-digit number)
     changes: dict           # patient change records (INSERT/UPDATE/DELETE)
     encounters: dict
     labs: dict
@@ -364,9 +365,9 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         "facility_idx": prov_fac,
     }
     fac_prov_start = np.searchsorted(prov_fac, np.arange(n_fac))
+    fac_prov_count = np.bincount(prov_fac, minlength=n_fac)
     world = World(start_day=start_day, days=days, facilities=facilities, providers=providers,
                   patients={}, changes={}, encounters={}, labs={}, meds={}, claims={})
-    fac_prov_count = np.bincount(prov_fac, minlength=n_fac)
 
     # --- patients ---------------------------------------------------------------------------
     n = patients
