@@ -74,3 +74,18 @@ def test_a_prepared_kernel_has_the_modules_loaded_but_an_untouched_namespace(tmp
         assert saved.cells[0].execution_count == 1
         assert saved.cells[0].outputs[0]["text"] == (
             "['In', 'Out', 'exit', 'get_ipython', 'open', 'quit', 'sys'] True\n")
+
+
+def test_a_kernel_that_cannot_start_fails_the_run_with_a_clear_message(tmp_path, capsys,
+                                                                      monkeypatch):
+    from utils import run_course
+
+    def broken_start(self, cwd):
+        raise RuntimeError("Kernel didn't respond in 60 seconds")
+
+    monkeypatch.setattr(run_course.KernelLauncher, "_start", broken_start)
+    notebooks = [_notebook(tmp_path / "01_a.ipynb", "print(1)")]
+    assert not run_notebooks(notebooks, lambda nb: tmp_path / "out" / nb.name)
+    printed = capsys.readouterr().out
+    assert "01_a.ipynb ... FAILED" in printed and "no Python kernel could be started" in printed
+    assert "make doctor" in printed

@@ -138,7 +138,12 @@ def run_notebooks(notebooks: list[Path], output_of: Callable[[Path], Path]) -> b
             shown = notebook.relative_to(NOTEBOOKS_DIR) if notebook.is_relative_to(NOTEBOOKS_DIR) \
                 else notebook
             print(f"running {shown} ...", end=" ", flush=True)
-            kernel = launcher.take(notebook.parent)
+            try:
+                kernel = launcher.take(notebook.parent)
+            except Exception as err:  # noqa: BLE001 - no kernel: nothing can run
+                print(f"FAILED\nno Python kernel could be started ({type(err).__name__}: {err}); "
+                      "`make doctor` checks the environment", flush=True)
+                return False
             if i + 1 < len(notebooks):
                 launcher.prepare(notebooks[i + 1].parent)
             try:
