@@ -453,6 +453,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     else:
         frail_mean, natural = 1.0, 0.0
     base_p = max(readmission_rate - natural, 0.0) / max(1 - natural, 1e-9) / frail_mean
+    del rate, counts                                   # patients x 6: not needed any more
     parents = np.flatnonzero((enc["cls"] == INP) & ~np.isin(enc["disp"], [EXPIRED, 4, 6]))
     for _ in range(2):
         p = np.clip(base_p * frail[enc["pat"][parents]], 0, 0.9)
@@ -516,9 +517,10 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     new_payer = np.stack([payer0, _payer_for(rng, payer_type_p, age_band),
                           _payer_for(rng, payer_type_p, age_band)], axis=1)
     new_phone = rng.integers(2_000_000, 10_000_000, (n, 3))
-    v_street_no, v_street, v_zip2, v_city = (street_no.copy(), street.copy(), zip2.copy(),
-                                             moved_city.copy())
-    v_payer, v_phone = new_payer.copy(), new_phone.copy()
+    # the version arrays are the draws themselves, carried forward in place where a version
+    # did not change (only the payer draws are compared again below, so only they are copied)
+    v_street_no, v_street, v_zip2, v_city = street_no, street, zip2, moved_city
+    v_payer, v_phone = new_payer.copy(), new_phone
     v_city[:, 0] = city
     v_phone[:, 0] = home_phone
     for j in (1, 2):
@@ -570,6 +572,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     pick_cond *= cond[pat]                             # in place: no second m x 10 array
     some_cond = pick_cond.max(axis=1) > 0
     cond_of_enc = pick_cond.argmax(axis=1)
+    del pick_cond                                      # m x 10: not kept to the end of the run
     chronic_codes = _condition_codes()
     acute_idx = (rng.random(m) * np.array([len(ACUTE_DX[c]) for c in range(6)])[cls]).astype(int)
     acute_tbl = np.array([ACUTE_DX[c] + [""] * (20 - len(ACUTE_DX[c])) for c in range(6)],
