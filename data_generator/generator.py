@@ -306,8 +306,8 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
             "admission_source": lambda r: fmt.pick(M.ADMISSION_SOURCES, E["adm_src"][r]),
             "discharge_disposition": lambda r: fmt.pick(M.DISPOSITIONS, E["disp"][r]),
             "payer_id": lambda r: fmt.pick(payer_ids, E["payer"][r]),
-            "primary_dx": lambda r: pa.array(E["primary"][r], pa.string()),
-            "secondary_dx": lambda r: pa.array(E["secondary"][r], pa.string()),
+            "primary_dx": lambda r: fmt.pick(world.labels["primary"], E["primary"][r]),
+            "secondary_dx": lambda r: fmt.pick(world.labels["secondary"], E["secondary"][r]),
             "total_charge": lambda r: fmt.scaled_integers(E["charge_cents"][r], 2),
         }
         return Frame(cols, E["disch"] // M.DAY - d0, E["disch"], encounter_id,

@@ -11,7 +11,7 @@ integer days since the epoch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Callable
 
@@ -164,6 +164,9 @@ class World:
     labs: dict
     meds: dict
     claims: dict
+    #: text of category indices in the parts: "primary" (encounters' "primary" diagnosis
+    #: index), "secondary" (their "secondary" diagnoses' bit set)
+    labels: dict = field(default_factory=dict)
 
 
 def lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -575,19 +578,25 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     del pick_cond                                      # m x 10: not kept to the end of the run
     chronic_codes = _condition_codes()
     acute_idx = (rng.random(m) * np.array([len(ACUTE_DX[c]) for c in range(6)])[cls]).astype(int)
-    acute_tbl = np.array([ACUTE_DX[c] + [""] * (20 - len(ACUTE_DX[c])) for c in range(6)],
-                         dtype=object)
+    # diagnoses are indices into DX codes (compared as integers, written as category labels)
+    main_code = [c[0] for c in chronic_codes]
+    exac = [EXACERBATION_DX.get(g, c[0]) for g, c in zip(CONDITIONS, chronic_codes)]
+    dx_codes = list(dict.fromkeys([*(x for c in range(6) for x in ACUTE_DX[c]), "Z00.129",
+                                   *exac, *main_code]))
+    dx_index = {code: i for i, code in enumerate(dx_codes)}
+    acute_tbl = np.array([[dx_index[x] for x in ACUTE_DX[c]] + [0] * (20 - len(ACUTE_DX[c]))
+                          for c in range(6)])
     primary = acute_tbl[cls, acute_idx]
     wellness_child = (cls == WELL) & (age_at < 18)
-    primary = np.where(wellness_child, "Z00.129", primary)
+    primary = np.where(wellness_child, dx_index["Z00.129"], primary)
     chronic_primary = some_cond & (cls != WELL) & (rng.random(m) < np.where(cls == INP, 0.35, 0.5))
-    main_code = np.array([c[0] for c in chronic_codes], dtype=object)
-    exac = np.array([EXACERBATION_DX.get(g, c[0]) for g, c in zip(CONDITIONS, chronic_codes)],
-                    dtype=object)
-    primary = np.where(chronic_primary, np.where(cls == INP, exac[cond_of_enc],
-                                                 main_code[cond_of_enc]), primary)
+    main_idx = np.array([dx_index[x] for x in main_code], dtype=np.int64)
+    exac_idx = np.array([dx_index[x] for x in exac], dtype=np.int64)
+    primary = np.where(chronic_primary, np.where(cls == INP, exac_idx[cond_of_enc],
+                                                 main_idx[cond_of_enc]), primary)
     # secondary diagnoses: the patient's chronic conditions (the encounter's own primary aside)
-    secondary = _secondary_dx(cond[pat], main_code, primary, rng)
+    secondary_labels, secondary = _secondary_dx(cond[pat], main_code, main_idx, primary, rng)
+    world.labels = {"primary": dx_codes, "secondary": secondary_labels}
 
     # charges (USD): long-tailed, inpatient by length of stay
     los_days = (enc["disch"] - enc["admit"]) / DAY
@@ -693,24 +702,22 @@ def _condition_codes() -> list[list[str]]:
     return [icd.loc[icd["chronic_condition"] == g, "code"].tolist() for g in CONDITIONS]
 
 
-def _secondary_dx(cond_rows: np.ndarray, main_code: np.ndarray, primary: np.ndarray,
-                  rng: np.random.Generator) -> np.ndarray:
+def _secondary_dx(cond_rows: np.ndarray, main_code: list[str], main_idx: np.ndarray,
+                  primary: np.ndarray, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
     """'|'-separated chronic codes of each encounter's patient (vectorized over columns).
 
-    Which codes an encounter lists is a bit set (bit k: condition k); the text is looked up
-    per distinct set (at most 2**10), not joined per row.
+    Which codes an encounter lists is a bit set (bit k: condition k, left out when it is the
+    encounter's primary: ``primary`` and ``main_idx`` are diagnosis indices). Returns the text
+    of every bit set (at most 2**10; "" for sets that do not occur) and each row's bit set.
     """
     bits = np.zeros(len(primary), dtype=np.int64)
-    for k, code in enumerate(main_code):
+    for k, code in enumerate(main_idx.tolist()):
         include = cond_rows[:, k] & (primary != code) & (rng.random(len(primary)) < 0.9)
         bits |= include.astype(np.int64) << k
-    if len(main_code) == 0 or len(primary) == 0:
-        return np.array([""] * len(primary), dtype=object)
-    labels = np.empty(1 << len(main_code), dtype=object)
-    present = np.flatnonzero(np.bincount(bits, minlength=len(labels)))
-    labels[present] = ["|".join(code for k, code in enumerate(main_code) if s >> k & 1)
-                       for s in present.tolist()]
-    return labels[bits]
+    labels = [""] * (1 << len(main_code))
+    for s in np.flatnonzero(np.bincount(bits, minlength=len(labels))).tolist():
+        labels[s] = "|".join(code for k, code in enumerate(main_code) if s >> k & 1)
+    return labels, bits
 
 
 def _labs(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
