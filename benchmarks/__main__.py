@@ -286,26 +286,19 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 # ----- make run --------------------------------------------------------------------------------
 def notebook_seconds(log_path: Path) -> dict[str, float | str]:
-    """Seconds per notebook from run_course's output ("running NN_x.ipynb ... 9.5 s")."""
+    """Seconds per notebook from run_course's output ("NN_x.ipynb ... 9.5 s" when one ends,
+    "NN_x.ipynb ... FAILED" when it fails), in the order they ended."""
     import re
 
     found: dict[str, float | str] = {}
-    current = None
     try:
         text = log_path.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return found
     for line in text.splitlines():
-        started = re.search(r"running (\S+\.ipynb) \.\.\.", line)
-        if started:
-            current = started.group(1)
-        if current is None:
-            continue
-        done = re.search(r"(?:^|\s)(\d+(?:\.\d+)?) s$", line.strip())
-        if done and current not in found:
-            found[current] = float(done.group(1))
-        elif "FAILED" in line and current not in found:
-            found[current] = "FAILED"
+        ended = re.fullmatch(r"(\S+\.ipynb) \.\.\. (?:(\d+(?:\.\d+)?) s|FAILED)", line.strip())
+        if ended and ended.group(1) not in found:
+            found[ended.group(1)] = float(ended.group(2)) if ended.group(2) else "FAILED"
     return found
 
 
@@ -478,7 +471,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"after {run['wall_s']} s, peak RSS {_mb(run['peak_rss_mb'])} MB. Last output:")]
         if run.get("notebook_s"):
             lines += ["", "| notebook | s |", "|---|---:|"]
-            lines += [f"| {name} | {seconds} |" for name, seconds in run["notebook_s"].items()]
+            lines += [f"| {name} | {seconds} |" for name, seconds in sorted(run["notebook_s"].items())]
         if not run["ok"]:
             tail = "\n".join((run.get("output_tail") or "").strip().splitlines()[-6:])
             lines += ["", "```", tail, "```"]

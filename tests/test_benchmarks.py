@@ -164,3 +164,16 @@ def test_run_sampled_kills_a_child_past_its_timeout(tmp_path):
                       log_path=tmp_path / "sleep.log")
     assert run.timed_out and not run.ok
     assert run.result is None
+
+
+def test_notebook_seconds_reads_the_lines_make_run_prints(tmp_path):
+    from benchmarks.__main__ import notebook_seconds
+
+    log = tmp_path / "run_course.log"
+    log.write_text("running 05_gold_kpis.ipynb\n05_gold_kpis.ipynb ... 2.5 s\n"
+                   "running 06_visualize_kpis.ipynb\nrunning 07_declarative_pipeline.ipynb\n"
+                   "07_declarative_pipeline.ipynb ... FAILED\nValueError: 3 s\n"
+                   "06_visualize_kpis.ipynb ... 10.4 s\n")
+    assert notebook_seconds(log) == {"05_gold_kpis.ipynb": 2.5,
+                                     "07_declarative_pipeline.ipynb": "FAILED",
+                                     "06_visualize_kpis.ipynb": 10.4}

@@ -89,3 +89,43 @@ def test_a_kernel_that_cannot_start_fails_the_run_with_a_clear_message(tmp_path,
     printed = capsys.readouterr().out
     assert "01_a.ipynb ... FAILED" in printed and "no Python kernel could be started" in printed
     assert "make doctor" in printed
+
+
+def test_course_order_with_the_last_three_side_by_side_and_solutions_after_all():
+    from utils.run_course import course_notebooks, prerequisites
+
+    notebooks = course_notebooks(include_solutions=True)
+    by_name = {f"{nb.parent.name}/{nb.name[:2]}": nb for nb in notebooks}
+    needs = prerequisites(notebooks)
+    assert needs[by_name["notebooks/00"]] == set()
+    assert needs[by_name["notebooks/04"]] == {by_name["notebooks/03"]}
+    for n in ("06", "07", "08"):
+        assert needs[by_name[f"notebooks/{n}"]] == {by_name["notebooks/05"]}
+    course = {nb for nb in notebooks if nb.parent.name == "notebooks"}
+    assert needs[by_name["solutions/00"]] == course
+    assert needs[by_name["solutions/01"]] == {by_name["solutions/00"]}
+
+
+STAMP = ("import time, pathlib\nstarted = time.time()\ntime.sleep(1.5)\n"
+         "pathlib.Path('{name}.times').write_text(f'{{started}} {{time.time()}}')")
+
+
+def test_independent_notebooks_run_side_by_side_and_wait_for_what_they_need(tmp_path):
+    names = ["05_first", "06_left", "07_right"]
+    notebooks = [_notebook(tmp_path / f"{n}.ipynb", STAMP.format(name=n)) for n in names]
+    assert run_notebooks(notebooks, lambda nb: tmp_path / "out" / nb.name, jobs=2)
+
+    times = {n: [float(x) for x in (tmp_path / f"{n}.times").read_text().split()] for n in names}
+    assert times["06_left"][0] >= times["05_first"][1] and times["07_right"][0] >= times["05_first"][1]
+    assert times["06_left"][0] < times["07_right"][1] and times["07_right"][0] < times["06_left"][1], \
+        "06 and 07 need only 05: they must overlap"
+
+
+def test_after_a_failure_nothing_that_needs_it_starts(tmp_path, capsys):
+    notebooks = [_notebook(tmp_path / "05_bad.ipynb", "raise RuntimeError('planted')"),
+                 _notebook(tmp_path / "06_after.ipynb", "print('never')"),
+                 _notebook(tmp_path / "07_after.ipynb", "print('never')")]
+    assert not run_notebooks(notebooks, lambda nb: tmp_path / "out" / nb.name, jobs=2)
+    assert "05_bad.ipynb ... FAILED" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "06_after.ipynb").exists()
+    assert not (tmp_path / "out" / "07_after.ipynb").exists()
