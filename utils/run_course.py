@@ -88,9 +88,9 @@ class KernelLauncher:
 
     def prepare(self, cwd: Path) -> None:
         """Start booting a kernel for a coming notebook (working folder ``cwd``), unless one
-        is already being prepared."""
+        is already being prepared for that folder."""
         with self._lock:
-            if not self._prepared:
+            if all(folder != cwd for folder, _ in self._prepared):
                 self._prepared.append((cwd, self._pool.submit(self._start, cwd)))
 
     def take(self, cwd: Path):
@@ -107,7 +107,7 @@ class KernelLauncher:
             self._stopping.append(self._pool.submit(manager.shutdown_kernel, now=False))
 
     def close(self) -> None:
-        """Shut down a prepared but unused kernel, wait for every shutdown, remove sockets."""
+        """Shut down prepared but unused kernels, wait for every shutdown, remove sockets."""
         for _, prepared in self._prepared:
             try:
                 self.retire(prepared.result())
