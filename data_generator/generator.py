@@ -860,6 +860,11 @@ class _Lines:
         self.replaced.update(zip((int(p) for p in positions), texts))
         self._positions = None
 
+    def prepare(self) -> None:
+        """Sort the replaced positions now: blocks are then written by several threads, which
+        only read this object."""
+        self._positions = np.array(sorted(self.replaced), dtype=np.int64)
+
     def texts_of(self, positions: np.ndarray) -> list[str]:
         """The current lines at ``positions`` (replaced ones included)."""
         positions = np.asarray(positions, dtype=np.int64)
@@ -876,7 +881,7 @@ class _Lines:
         pieces: list[bytes | memoryview] = [] if header is None else [header.encode("utf-8")]
         if hi > lo:
             if self._positions is None:
-                self._positions = np.array(sorted(self.replaced), dtype=np.int64)
+                self.prepare()
             replaced = self._positions[np.searchsorted(self._positions, lo):
                                        np.searchsorted(self._positions, hi)]
             buffers = block.buffers()
@@ -1006,7 +1011,7 @@ def _csv_line(values: list[str]) -> str:
 def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any],
                         build: Callable[[], Frame], rng: np.random.Generator, world: M.World,
                         days: int, defect_rate: float, patients: int, day_names: np.ndarray,
-                        provider_npis: np.ndarray
+                        provider_npis: np.ndarray, helpers: _SourceWriters | None = None
                         ) -> tuple[list[dict], list[str], dict[str, int], int]:
     """Plant one event source's defects, order its records and write its daily files.
 
@@ -1014,7 +1019,8 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
     can be 100k, ``_defect_json`` writes them faster than json.dumps), defects per type and
     its record count.
     Sources share nothing mutable (each has its own random generator and files), so they can
-    run in any order or at the same time.
+    run in any order or at the same time. Its day-blocks are offered to ``helpers`` (idle
+    writer threads may compose and write some of them); the entries come out in day order.
     """
     files: list[dict[str, Any]] = []
     defects: list[str] = []
@@ -1072,8 +1078,13 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
     flagged = np.flatnonzero(defect)
     keys = dict(zip(flagged.tolist(), frame.key(records[flagged]).to_pylist())) \
         if len(flagged) else {}
-    scratch = _DirectScratch()
-    for first, last in _day_blocks(bounds, BLOCK_RECORDS):
+    lines.prepare()
+
+    def write_block(first: int, last: int, scratch: _DirectScratch) -> tuple[list, list]:
+        """Compose days ``first`` to ``last`` (exclusive) and write their files; their manifest
+        file entries and defects."""
+        block_files: list[dict[str, Any]] = []
+        block_defects: list[str] = []
         block_lo = int(bounds[first])
         block = lines.compose(block_lo, int(bounds[last]))
         for d in range(first, last):
@@ -1085,18 +1096,31 @@ def _write_event_source(out: Path, source: str, entity: str, spec: dict[str, Any
                 header += "\n"
             lo, hi = int(bounds[d]), int(bounds[d + 1])
             lines.write(out / rel, header, block, block_lo, lo, hi, scratch)
-            files.append({"source": source, "entity": entity, "file": rel,
-                          "format": spec["format"], "rows": hi - lo})
+            block_files.append({"source": source, "entity": entity, "file": rel,
+                                "format": spec["format"], "rows": hi - lo})
             if d == drift_day:
-                defects.append(_defect_json("schema_drift", source, rel, 1, None,
-                                            SCHEMA_DRIFT_COLUMN))
+                block_defects.append(_defect_json("schema_drift", source, rel, 1, None,
+                                                  SCHEMA_DRIFT_COLUMN))
             for i in flagged[np.searchsorted(flagged, lo):
                              np.searchsorted(flagged, hi)].tolist():
-                defects.append(_defect_json(DEFECT_NAMES[defect[i]], source, rel,
-                                            i - lo + first_line, keys[i],
-                                            DEFECT_COLUMNS[column[i]] or None))
-        del block
-    scratch.close()
+                block_defects.append(_defect_json(DEFECT_NAMES[defect[i]], source, rel,
+                                                  i - lo + first_line, keys[i],
+                                                  DEFECT_COLUMNS[column[i]] or None))
+        return block_files, block_defects
+
+    blocks = _day_blocks(bounds, BLOCK_RECORDS)
+    queue = _BlockQueue([lambda scratch, b=b: write_block(*b, scratch) for b in blocks])
+    if helpers is not None:
+        helpers.share(queue)
+    scratch = _DirectScratch()
+    try:
+        while (i := queue.take()) is not None:
+            queue.run(i, scratch)
+    finally:
+        scratch.close()
+    for block_files, block_defects in queue.wait():
+        files.extend(block_files)
+        defects.extend(block_defects)
     per_code = np.bincount(defect[flagged], minlength=len(DEFECT_NAMES))
     counts = {DEFECT_NAMES[c]: int(per_code[c]) for c in np.flatnonzero(per_code).tolist()}
     if drift_day >= 0:
@@ -1129,13 +1153,60 @@ class _SourceResult:
 
 def _event_source_job(out: Path, source: str, spec: dict[str, Any], world: M.World,
                       rng: np.random.Generator, days: int, defect_rate: float, patients: int,
-                      day_names: np.ndarray) -> _SourceResult:
+                      day_names: np.ndarray, helpers: _SourceWriters | None = None
+                      ) -> _SourceResult:
     """Write one event source and encode its manifest entries (so that work runs in the
     writer thread too, not after all sources are written)."""
     files, defects, counts, count = _write_event_source(
         out, source, ENTITY_OF_SOURCE[source], spec, frame_builders(world)[source], rng, world,
-        days, defect_rate, patients, day_names, world.providers["npi"].astype(str))
+        days, defect_rate, patients, day_names, world.providers["npi"].astype(str), helpers)
     return _SourceResult([json.dumps(item) for item in files], defects, counts, count)
+
+
+class _BlockQueue:
+    """The day-blocks of one source, taken in order by its own thread and by idle helpers.
+
+    The last source would otherwise run alone on one core at the end; blocks cover whole
+    days (their own files), so they can be written in any order, and their results are kept
+    per block to come out in day order.
+    """
+
+    def __init__(self, work: list[Callable[[_DirectScratch], tuple[list, list]]]):
+        self.work = work
+        self.results: list[Any] = [None] * len(work)
+        self.next = 0
+        self.left = len(work)
+        self.lock = threading.Condition()
+
+    def take(self) -> int | None:
+        """The next block nobody has taken (None when all are taken)."""
+        with self.lock:
+            if self.next >= len(self.work):
+                return None
+            self.next += 1
+            return self.next - 1
+
+    def open(self) -> bool:
+        return self.next < len(self.work)
+
+    def run(self, i: int, scratch: _DirectScratch) -> None:
+        try:
+            self.results[i] = self.work[i](scratch)
+        except BaseException as err:                 # re-raised by wait()
+            self.results[i] = err
+        with self.lock:
+            self.left -= 1
+            self.lock.notify_all()
+
+    def wait(self) -> list[tuple[list, list]]:
+        """Every block's result in block order, once all are written."""
+        with self.lock:
+            while self.left:
+                self.lock.wait()
+        for result in self.results:
+            if isinstance(result, BaseException):
+                raise result
+        return self.results
 
 
 #: The simulation stage after which each event source can be written.
@@ -1164,6 +1235,8 @@ class _SourceWriters:
     ready (encounters are written while labs, medications and claims are still simulated),
     the biggest waiting source first; when the simulation is done the main thread takes
     waiting sources too, so the last big source does not wait for a thread to come free.
+    A thread (or the main thread) with no source to take writes day-blocks of a running
+    source instead (``share``), so the last source does not end on one core alone.
     Small worlds write their sources one after another afterwards. Each source has its own
     random generator and files, so the bytes do not depend on the timing.
     """
@@ -1173,6 +1246,7 @@ class _SourceWriters:
         self.world: M.World | None = None
         self.futures: dict[str, Future[_SourceResult]] = {}
         self.waiting: list[tuple[int, str]] = []     # heap of (-records, source)
+        self.queues: list[_BlockQueue] = []          # running sources with blocks left
         self.wake = threading.Condition()
         self.closed = False
         self.threads: list[threading.Thread] = []
@@ -1192,12 +1266,27 @@ class _SourceWriters:
                 heapq.heappush(self.waiting, (-_STAGE_SIZE[stage](world), source))
                 self.wake.notify()
 
-    def _next(self, block: bool) -> str | None:
-        """The biggest waiting source (None when closed, or when none waits and not block)."""
+    def share(self, queue: _BlockQueue) -> None:
+        """Offer a running source's day-blocks to threads that have no source to take."""
+        if self.threads:
+            with self.wake:
+                self.queues.append(queue)
+                self.wake.notify_all()
+
+    def _next(self, block: bool) -> str | _BlockQueue | None:
+        """The biggest waiting source, else a running source with blocks left (None when
+        closed, or when there is neither and not block)."""
         with self.wake:
-            while not self.waiting and block and not self.closed:
+            while not self.closed:
+                if self.waiting:
+                    return heapq.heappop(self.waiting)[1]
+                self.queues = [queue for queue in self.queues if queue.open()]
+                if self.queues:
+                    return self.queues[0]
+                if not block:
+                    return None
                 self.wake.wait()
-            return heapq.heappop(self.waiting)[1] if self.waiting and not self.closed else None
+            return None
 
     def _run(self, source: str) -> None:
         future = self.futures[source]
@@ -1206,14 +1295,29 @@ class _SourceWriters:
         except BaseException as err:                 # re-raised by results()
             future.set_exception(err)
 
+    def _help(self, task: str | _BlockQueue, scratch: _DirectScratch) -> None:
+        """Write a waiting source, or one block of a running one."""
+        if isinstance(task, str):
+            self._run(task)
+        elif (i := task.take()) is not None:
+            task.run(i, scratch)
+
     def _work(self) -> None:
-        while (source := self._next(block=True)) is not None:
-            self._run(source)
+        scratch = _DirectScratch()                   # for the blocks this thread helps with
+        try:
+            while (task := self._next(block=True)) is not None:
+                self._help(task, scratch)
+        finally:
+            scratch.close()
 
     def results(self, sources: list[str], bar) -> list[tuple[str, _SourceResult]]:
         """Every source's result, in the order of ``sources`` (the simulation is done)."""
-        while self.threads and (source := self._next(block=False)) is not None:
-            self._run(source)
+        scratch = _DirectScratch()
+        try:
+            while self.threads and (task := self._next(block=False)) is not None:
+                self._help(task, scratch)
+        finally:
+            scratch.close()
         results = []
         for source in sources:
             future = self.futures.get(source)
@@ -1260,7 +1364,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
     def job(source: str, world: M.World) -> _SourceResult:
         return _event_source_job(out, source, sources[source], world,
                                  source_rngs[ENTITY_OF_SOURCE[source]], days, defect_rate,
-                                 patients, day_names)
+                                 patients, day_names, writers)
 
     writers = _SourceWriters(job)
     try:
