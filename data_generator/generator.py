@@ -221,6 +221,17 @@ class Frame:
 
 
 # ----------------------------------------------------------------------------------------------
+def _fhir_references(patient_of_encounter: np.ndarray, encounter: np.ndarray
+                     ) -> dict[str, Recipe]:
+    """The ``subject`` and ``encounter`` references (JSON strings) of FHIR resources that
+    belong to encounters ``encounter`` (indices): the same two fields in every resource."""
+    return {
+        "subject": lambda r: fmt.prefixed_ids('"Patient/MRN',
+                                              patient_of_encounter[encounter[r]] + 1, 7, '"'),
+        "encounter": lambda r: fmt.prefixed_ids('"Encounter/ENC', encounter[r] + 1, 9, '"'),
+    }
+
+
 def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
     """Per source, a function building its records (column recipes, batch day, sort time).
 
@@ -333,9 +344,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
         test = L["test"]
         cols: dict[str, Recipe] = {
             "id": lambda r: fmt.prefixed_ids('"obs-', r + 1, width, '"'),
-            "subject": lambda r: fmt.prefixed_ids('"Patient/MRN', E["pat"][L["enc"][r]] + 1, 7,
-                                                  '"'),
-            "encounter": lambda r: fmt.prefixed_ids('"Encounter/ENC', L["enc"][r] + 1, 9, '"'),
+            **_fhir_references(E["pat"], L["enc"]),
             "code": lambda r: fmt.pick(lab_codes, test[r], json=True),
             "display": lambda r: fmt.pick(names, test[r], json=True),
             "effective": lambda r: fmt.timestamps(L["ts"][r], 'Z"', '"'),
@@ -364,9 +373,7 @@ def frame_builders(world: M.World) -> dict[str, Callable[[], Frame]]:
             "id": lambda r: fmt.prefixed_ids('"medrx-', r + 1, width, '"'),
             "status": lambda r: fmt.pick(["active", "completed", "stopped"], R["status"][r],
                                          json=True),
-            "subject": lambda r: fmt.prefixed_ids('"Patient/MRN', E["pat"][R["enc"][r]] + 1, 7,
-                                                  '"'),
-            "encounter": lambda r: fmt.prefixed_ids('"Encounter/ENC', R["enc"][r] + 1, 9, '"'),
+            **_fhir_references(E["pat"], R["enc"]),
             "code": lambda r: fmt.pick(codes, drug[r], json=True),
             "display": lambda r: fmt.pick(names, drug[r], json=True),
             "authored": lambda r: fmt.timestamps(R["ts"][r], 'Z"', '"'),
