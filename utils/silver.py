@@ -280,7 +280,6 @@ def _csv_split_udf():
 
     @F.pandas_udf("array<string>")
     def csv_split(lines):  # pandas Series -> Series of lists
-
         return lines.map(lambda line: None if line is None else split_csv_line(line))
 
     return csv_split
@@ -320,7 +319,6 @@ def _csv_record_udf(columns: tuple[str, ...]):
 
     @F.pandas_udf(f"struct<{schema}>")
     def csv_record(values, headers):
-        import csv
         import json
 
         import pandas as pd
@@ -330,7 +328,7 @@ def _csv_record_udf(columns: tuple[str, ...]):
         out["_rescued_data"], out["_record_complete"] = [], []
         for value, header in zip(values, headers):
             if header not in names_cache:
-                names_cache[header] = ([n.strip() for n in next(csv.reader([header]), [])]
+                names_cache[header] = ([n.strip() for n in split_csv_line(header)]
                                        if header is not None else [])
             names = names_cache[header]
             fields = split_csv_line(value) if value is not None else []
