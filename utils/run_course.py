@@ -120,11 +120,11 @@ class KernelLauncher:
         self._sockets.cleanup()
 
 
-def execute_notebook(path: Path, output: Path, kernel=None, timeout: int = 900) -> float:
-    """Run one notebook top to bottom in a fresh kernel and save it; return seconds taken.
+def execute_notebook(path: Path, output: Path, kernel, timeout: int = 900) -> float:
+    """Run one notebook top to bottom in ``kernel`` and save it; return seconds taken.
 
-    ``kernel``: an already started ``KernelManager`` whose working folder is the notebook's
-    (see :class:`KernelLauncher`); without one, nbclient starts and stops its own.
+    ``kernel``: a fresh, started ``KernelManager`` whose working folder is the notebook's
+    (from :class:`KernelLauncher`, which also shuts it down).
     """
     import nbformat
     from nbclient import NotebookClient
@@ -136,7 +136,7 @@ def execute_notebook(path: Path, output: Path, kernel=None, timeout: int = 900) 
     try:
         client.execute()
     finally:
-        if kernel is not None and client.kc is not None:
+        if client.kc is not None:
             client.kc.stop_channels()     # nbclient leaves a borrowed kernel's client open
         output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(notebook, output)
