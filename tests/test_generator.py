@@ -326,6 +326,39 @@ def test_rerun_rewrites_the_folder_completely(tmp_path):
         f"2025-01-0{d}" for d in range(1, 7)]
 
 
+def test_generate_turns_numpys_huge_page_hint_off_and_back_on(tmp_path, monkeypatch):
+    """The hint costs the generator seconds (``_small_pages``); the caller's setting must come
+    back after a run, and after a failed one."""
+    from data_generator import model
+
+    try:
+        from numpy._core import multiarray
+    except ImportError:                                # numpy 1.26
+        from numpy.core import multiarray
+    previous = multiarray._set_madvise_hugepage(True)
+    seen = []
+    simulate = model.simulate
+
+    def spy(*args, **kwargs):
+        seen.append(multiarray._get_madvise_hugepage())
+        return simulate(*args, **kwargs)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulation failed")
+
+    try:
+        monkeypatch.setattr(model, "simulate", spy)
+        generate(tmp_path / "ok", patients=50, days=3, seed=1)
+        assert seen == [False]
+        assert multiarray._get_madvise_hugepage() is True
+        monkeypatch.setattr(model, "simulate", broken)
+        with pytest.raises(RuntimeError, match="simulation failed"):
+            generate(tmp_path / "failed", patients=50, days=3, seed=1)
+        assert multiarray._get_madvise_hugepage() is True
+    finally:
+        multiarray._set_madvise_hugepage(previous)
+
+
 def test_layout_and_file_names_follow_the_contract(landing):
     sources = landing_sources()
     manifest = load_manifest(landing)
