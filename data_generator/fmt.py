@@ -75,6 +75,18 @@ def digit_matrix(values: np.ndarray, width: int) -> np.ndarray:
     return out[:, even - width:]
 
 
+def take_rows(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``matrix[idx]`` for a byte matrix, each row moved as one opaque item (a lookup table of
+    dates or labels gathered for 100k rows: 4-15x faster than numpy's row-by-row fancy
+    indexing)."""
+    matrix = np.ascontiguousarray(matrix, dtype=np.uint8)
+    n, width = len(idx), matrix.shape[1]
+    if width == 0 or len(matrix) == 0:
+        return matrix[idx]
+    item = np.dtype((np.void, width))
+    return np.take(matrix.view(item)[:, 0], idx).view(np.uint8).reshape(n, width)
+
+
 def grouped_digits(values: np.ndarray, widths: list[int], sep: str = "-") -> pa.Array:
     """Zero-padded digits of non-negative integers in groups (``widths`` from the left) joined
     by ``sep``: ``grouped_digits(614_555_1234, [3, 3, 4])`` -> ``614-555-1234``."""
@@ -112,8 +124,13 @@ def concat_matrices(parts: list[np.ndarray | str], n: int) -> np.ndarray:
             flat[done * row_width:(done + step) * row_width] = flat[:step * row_width]
             done += step
     for piece, at in zip(pieces, starts):
-        if piece.ndim == 2:
-            out[:, at:at + piece.shape[1]] = piece
+        if piece.ndim == 2 and n and piece.shape[1]:
+            # each row's slice as one opaque ``w``-byte item: a single pass of n copies,
+            # not n passes over w one-byte elements (2-2.5x faster for 100k-row blocks)
+            if piece.strides[1] != 1:
+                piece = np.ascontiguousarray(piece)
+            item = np.dtype((np.void, piece.shape[1]))
+            out[:, at:at + piece.shape[1]].view(item)[:, 0] = piece.view(item)[:, 0]
     return out
 
 
@@ -149,7 +166,7 @@ def date_matrix(days: np.ndarray) -> np.ndarray | None:
         low, high = int(days.min()), int(days.max())
         if high - low < len(days):
             table = _civil_date_matrix(np.arange(low, high + 1, dtype=np.int64))
-            return None if table is None else table[days - low]
+            return None if table is None else take_rows(table, days - low)
     return _civil_date_matrix(days)
 
 
@@ -189,16 +206,12 @@ def timestamps(seconds: np.ndarray, suffix: str = "", prefix: str = "") -> pa.Ar
     seconds = np.asarray(seconds, dtype=np.int64)
     day_rows = date_matrix(seconds // SECONDS_PER_DAY) if len(seconds) else None
     if day_rows is not None:
-        time_rows = _time_of_day_matrix()[seconds % SECONDS_PER_DAY]
+        time_rows = take_rows(_time_of_day_matrix(), seconds % SECONDS_PER_DAY)
         return text_from_matrix(concat_matrices([prefix, day_rows, "T", time_rows, suffix],
                                                 len(seconds)))
     day_part = dates(seconds // SECONDS_PER_DAY)
     time_part = pc.take(_time_of_day_table(), pa.array(seconds % SECONDS_PER_DAY))
     return pc.binary_join_element_wise(prefix, day_part, "T", time_part, suffix, "")
-
-
-#: 10**1 .. 10**18: the digit count of a non-negative int64 is 1 + how many it reaches.
-_POWERS_OF_TEN = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
 def number_text(scaled: np.ndarray, decimals: int | np.ndarray,
@@ -207,56 +220,48 @@ def number_text(scaled: np.ndarray, decimals: int | np.ndarray,
     ``-12.50``-style, no exponent, as ``str(int)`` gives for ``decimals=0``. Rows where
     ``blank`` is true are empty text (e.g. amounts of claims not adjudicated yet).
 
-    Each row's text is right-aligned in a byte matrix as wide as the longest, and the matrix
-    compacted row by row (a boolean mask) into the Arrow data buffer.
+    Arrow's own casts write the digits (C++, without the GIL): integers as ``int64``, the
+    others as ``decimal128`` values with ``scaled`` as their unscaled digits (for 100k amounts
+    1.7x faster than building them in numpy, 2.5x for integers). At most ``MAX_DECIMALS``.
     """
     scaled = np.asarray(scaled, dtype=np.int64)
     n = len(scaled)
     if n == 0:
         return pa.array([], pa.string())
-    neg = scaled < 0
-    magnitude = np.abs(scaled)
     if np.ndim(decimals) == 0:
-        groups: list[tuple[int, slice | np.ndarray]] = [(int(decimals), slice(None))]
-    else:
+        text = _number_text_of_scale(scaled, int(decimals))
+    else:                                  # one cast per scale, rows put back in their order
         dec = np.asarray(decimals, dtype=np.int64)
-        present = np.flatnonzero(np.bincount(dec))
-        groups = [(int(d), slice(None) if len(present) == 1 else np.flatnonzero(dec == d))
-                  for d in present]
-    length = np.empty(n, dtype=np.int64)
-    for d, sel in groups:
-        whole = magnitude[sel] // 10**d if d else magnitude[sel]
-        length[sel] = 1 + np.searchsorted(_POWERS_OF_TEN, whole, side="right") + (d + 1 if d else 0)
-    length += neg
-    if blank is not None:
-        length[np.asarray(blank, dtype=bool)] = 0
-    width = max(int(length.max()), 1)
-    out = np.empty((n, width), dtype=np.uint8) if len(groups) > 1 else None
-    for d, sel in groups:
-        block = _unsigned_text_matrix(magnitude[sel], d, width)
-        if out is None:
-            out = block
+        rows = [np.flatnonzero(dec == d) for d in np.flatnonzero(np.bincount(dec)).tolist()]
+        if len(rows) == 1:
+            text = _number_text_of_scale(scaled, int(dec[0]))
         else:
-            out[sel] = block
-    rows = np.flatnonzero(neg & (length > 0))
-    out[rows, width - length[rows]] = ord("-")
-    keep = np.arange(width) >= (width - length)[:, None]
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(length, out=offsets[1:])
-    if offsets[-1] >= 2**31:
-        raise OverflowError("text column too long for 32-bit string offsets")
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)),
-                                       pa.py_buffer(out[keep]))
+            order = np.concatenate(rows)
+            position = np.empty(n, dtype=np.int64)
+            position[order] = np.arange(n)
+            text = pa.concat_arrays([_number_text_of_scale(scaled[r], int(dec[r[0]]))
+                                     for r in rows]).take(pa.array(position))
+    if blank is not None and np.any(blank):
+        text = pc.if_else(pa.array(np.asarray(blank, dtype=bool)), "", text)
+    return text
 
 
-def _unsigned_text_matrix(magnitude: np.ndarray, decimals: int, width: int) -> np.ndarray:
-    """``n x width`` bytes: ``magnitude / 10**decimals`` right-aligned and zero-padded
-    (``0000012.50``); the caller keeps each row's last ``length`` bytes."""
-    if not decimals:
-        return digit_matrix(magnitude, width)
-    digits = digit_matrix(magnitude, width - 1)
-    return concat_matrices([digits[:, :width - 1 - decimals], ".",
-                            digits[:, width - 1 - decimals:]], len(magnitude))
+#: Arrow writes decimals with more digits after the point in exponent form (``1E-7``).
+MAX_DECIMALS = 6
+
+
+def _number_text_of_scale(scaled: np.ndarray, decimals: int) -> pa.Array:
+    """``number_text`` of integers that all have ``decimals`` digits after the point."""
+    if not 0 <= decimals <= MAX_DECIMALS:
+        raise ValueError(f"number_text writes 0 to {MAX_DECIMALS} decimals, not {decimals}")
+    if decimals == 0:
+        return pa.array(scaled).cast(pa.string())
+    words = np.empty((len(scaled), 2), dtype=np.int64)     # decimal128: low word, sign word
+    words[:, 0] = scaled
+    words[:, 1] = scaled >> 63
+    values = pa.Array.from_buffers(pa.decimal128(38, decimals), len(scaled),
+                                   [None, pa.py_buffer(words)])
+    return values.cast(pa.string())
 
 
 #: Integers in ``0 .. SMALL_INTEGERS - 1`` are formatted as category labels (line numbers,
@@ -385,7 +390,7 @@ def _resolve(part: _Part, n: int) -> _Part:
     width = len(encoded[0]) if encoded else 0
     if encoded and width and all(len(x) == width for x in encoded):
         table = np.frombuffer(b"".join(encoded), dtype=np.uint8).reshape(len(encoded), width)
-        return _Part(matrix=table[part.idx])
+        return _Part(matrix=take_rows(table, part.idx))
     if encoded and width == 0 and all(len(x) == 0 for x in encoded):
         return _Part(const="")
     return _Part(text=pa.array(part.labels, pa.string()).take(pa.array(part.idx)))

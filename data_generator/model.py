@@ -785,11 +785,12 @@ def _meds(rng: np.random.Generator, enc: dict, cond: np.ndarray) -> dict:
     drug = np.where(use_chronic, chronic_choice, acute_choice)
     span = np.maximum(enc["disch"][e] - enc["admit"][e], MINUTE)
     ts = enc["admit"][e] + (rng.random(k) * span).astype(np.int64) // 60 * 60
-    chronic_drug = ~np.isin(indication[drug], ["acute", "inpatient"])
-    duration = np.where(chronic_drug, 90, np.where(indication[drug] == "inpatient",
-                                                   rng.integers(1, 8, k), rng.integers(5, 15, k)))
-    status = np.where(indication[drug] == "inpatient", 1,
-                      rng.choice(3, size=k, p=[0.85, 0.1, 0.05]))
+    # per drug of the code table first, then per row (no text compared per row)
+    inpatient_drug = (indication == "inpatient")[drug]
+    chronic_drug = ~np.isin(indication, ["acute", "inpatient"])[drug]
+    duration = np.where(chronic_drug, 90, np.where(inpatient_drug, rng.integers(1, 8, k),
+                                                   rng.integers(5, 15, k)))
+    status = np.where(inpatient_drug, 1, rng.choice(3, size=k, p=[0.85, 0.1, 0.05]))
     order = lexsort((drug, e, ts))
     return {"enc": e[order], "drug": drug[order], "ts": ts[order], "days": duration[order],
             "status": status[order]}
