@@ -183,6 +183,14 @@ def lexsort(keys: tuple[np.ndarray, ...]) -> np.ndarray:
     for k, low, span in zip(reversed(keys), reversed(lows), reversed(spans)):
         combined *= span
         combined += k.astype(np.int64) - low
+    index_bits = len(combined).bit_length()
+    if np.prod([float(x) for x in spans]) < 2.0 ** (62 - index_bits):
+        # the row number in the low bits makes every key unique, so a plain sort of the
+        # values (1.5x faster than a stable argsort) gives the stable order
+        combined <<= index_bits
+        combined |= np.arange(len(combined), dtype=np.int64)
+        combined.sort()
+        return combined & ((1 << index_bits) - 1)
     return np.argsort(combined, kind="stable")
 
 
@@ -223,6 +231,40 @@ def _cumulative(probs: np.ndarray) -> np.ndarray:
     """Cumulative probabilities of each row of ``probs`` (rows normalized to sum to one)."""
     probs = np.asarray(probs, dtype=float)
     return np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
+
+
+#: Rows of uniforms drawn at a time by ``_draw_in_chunks``: 64k x 10 doubles (5 MB) stay in
+#: the cache, where one m x 10 array (80 MB at 1M encounters) is fresh memory to fault in.
+DRAW_CHUNK_ROWS = 1 << 16
+
+
+def _draw_in_chunks(rng: np.random.Generator, n: int, width: int,
+                    use: Callable[[np.ndarray, slice], np.ndarray],
+                    dtype: type = bool) -> np.ndarray:
+    """``use(rng.random((n, width)), slice(0, n))`` computed chunk by chunk of rows.
+
+    The uniforms are the same numbers in the same order as one big draw (the generator
+    fills arrays in row-major order), only never all in memory: ``use(u, rows)`` maps the
+    chunk ``u`` of rows ``rows`` to one value per row (or a row of ``width`` values)."""
+    out: np.ndarray | None = None
+    buffer = np.empty((min(n, DRAW_CHUNK_ROWS), width))
+    for lo in range(0, n, DRAW_CHUNK_ROWS) if n else [0]:
+        rows = slice(lo, min(lo + DRAW_CHUNK_ROWS, n))
+        u = buffer[:rows.stop - lo]
+        rng.random(out=u)
+        part = use(u, rows)
+        if out is None:
+            out = np.empty((n, *part.shape[1:]), dtype=dtype)
+        out[rows] = part
+    return out
+
+
+def _pick_condition(u: np.ndarray, has: np.ndarray) -> np.ndarray:
+    """Per row the column of the largest ``u`` among the columns ``has`` marks (-1: none),
+    as ``argmax(u * has)`` picks it (first column on ties)."""
+    u *= has
+    best = u.argmax(axis=1)
+    return np.where(u[np.arange(len(u)), best] > 0, best, -1)
 
 
 def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
@@ -381,7 +423,8 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     age = lo + rng.random(n) * (hi - lo)
     birth_day = (start_day - np.floor(age * 365.25)).astype(np.int64)
     age_band = np.digitize(age, [18, 45, 65])                                  # 0..3
-    cond = rng.random((n, len(CONDITIONS))) < PREVALENCE[:, age_band].T
+    cond = _draw_in_chunks(rng, n, len(CONDITIONS),
+                           lambda u, rows: u < PREVALENCE.T[age_band[rows]])
     n_chronic = cond.sum(axis=1)
     city_w = np.array([c[4] for c in CITIES])
     city = rng.choice(len(CITIES), size=n, p=city_w / city_w.sum())
@@ -571,11 +614,10 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         rng.choice(6, size=m, p=[0, 0.55, 0.25, 0, 0, 0.2]))
 
     # diagnoses: chronic patients are seen for their conditions
-    pick_cond = rng.random((m, len(CONDITIONS)))
-    pick_cond *= cond[pat]                             # in place: no second m x 10 array
-    some_cond = pick_cond.max(axis=1) > 0
-    cond_of_enc = pick_cond.argmax(axis=1)
-    del pick_cond                                      # m x 10: not kept to the end of the run
+    # a uniform per (encounter, condition the patient has): the largest picks the condition
+    picked = _draw_in_chunks(rng, m, len(CONDITIONS), lambda u, rows: _pick_condition(
+        u, cond[pat[rows]]), dtype=np.int64)
+    some_cond, cond_of_enc = picked >= 0, np.maximum(picked, 0)
     chronic_codes = _condition_codes()
     acute_idx = (rng.random(m) * np.array([len(ACUTE_DX[c]) for c in range(6)])[cls]).astype(int)
     # diagnoses are indices into DX codes (compared as integers, written as category labels)
@@ -595,7 +637,7 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     primary = np.where(chronic_primary, np.where(cls == INP, exac_idx[cond_of_enc],
                                                  main_idx[cond_of_enc]), primary)
     # secondary diagnoses: the patient's chronic conditions (the encounter's own primary aside)
-    secondary_labels, secondary = _secondary_dx(cond[pat], main_code, main_idx, primary, rng)
+    secondary_labels, secondary = _secondary_dx(cond, pat, main_code, main_idx, primary, rng)
     world.labels = {"primary": dx_codes, "secondary": secondary_labels}
 
     # charges (USD): long-tailed, inpatient by length of stay
@@ -702,18 +744,23 @@ def _condition_codes() -> list[list[str]]:
     return [icd.loc[icd["chronic_condition"] == g, "code"].tolist() for g in CONDITIONS]
 
 
-def _secondary_dx(cond_rows: np.ndarray, main_code: list[str], main_idx: np.ndarray,
-                  primary: np.ndarray, rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
-    """'|'-separated chronic codes of each encounter's patient (vectorized over columns).
+def _secondary_dx(cond: np.ndarray, pat: np.ndarray, main_code: list[str],
+                  main_idx: np.ndarray, primary: np.ndarray, rng: np.random.Generator
+                  ) -> tuple[list[str], np.ndarray]:
+    """'|'-separated chronic codes of each encounter's patient ``pat`` (vectorized over
+    conditions: ``cond`` is patients x conditions).
 
     Which codes an encounter lists is a bit set (bit k: condition k, left out when it is the
     encounter's primary: ``primary`` and ``main_idx`` are diagnosis indices). Returns the text
     of every bit set (at most 2**10; "" for sets that do not occur) and each row's bit set.
     """
-    bits = np.zeros(len(primary), dtype=np.int64)
+    bits = np.zeros(len(primary), dtype=np.uint32)
     for k, code in enumerate(main_idx.tolist()):
-        include = cond_rows[:, k] & (primary != code) & (rng.random(len(primary)) < 0.9)
-        bits |= include.astype(np.int64) << k
+        include = np.ascontiguousarray(cond[:, k])[pat]        # one column per pass
+        include &= primary != code
+        include &= rng.random(len(primary)) < 0.9
+        bits |= np.left_shift(include, k, dtype=np.uint32)
+    bits = bits.astype(np.int64)
     labels = [""] * (1 << len(main_code))
     for s in np.flatnonzero(np.bincount(bits, minlength=len(labels))).tolist():
         labels[s] = "|".join(code for k, code in enumerate(main_code) if s >> k & 1)

@@ -1,7 +1,8 @@
-"""The generator's vectorized text formatting gives the text Python itself would write.
+"""The generator's fast vectorized helpers give what the plain way gives.
 
 ``data_generator.fmt`` builds millions of fields with numpy byte matrices and Arrow casts
-instead of ``str()`` / f-strings per value; these tests compare it with the plain Python way
+instead of ``str()`` / f-strings per value, and the simulation sorts and draws with tricks
+that must not change a result; these tests compare each with the plain Python or numpy way
 on random inputs (edge values included), so a faster trick can never change a byte.
 """
 
@@ -12,7 +13,7 @@ from decimal import Decimal
 import numpy as np
 import pytest
 
-from data_generator import fmt
+from data_generator import fmt, model
 
 
 def _python_number(value: int, decimals: int) -> str:
@@ -63,3 +64,33 @@ def test_timestamps_match_isoformat():
     expected = [np.datetime64(int(s), "s").astype(object).isoformat() + "Z"
                 for s in seconds.tolist()]
     assert fmt.timestamps(seconds, "Z").to_pylist() == expected
+
+
+def test_lexsort_is_numpys_stable_lexsort():
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(1, 4_000))
+        keys = tuple(rng.integers(-10 ** int(rng.integers(0, 7)), 10 ** int(rng.integers(0, 7)),
+                                  n) for _ in range(int(rng.integers(1, 4))))
+        if rng.random() < 0.3:
+            keys += (rng.random(n) < 0.5,)                   # booleans, many ties
+        assert np.array_equal(model.lexsort(keys), np.lexsort(keys))
+    wide = (rng.integers(0, 2 ** 40, 1_000), rng.integers(0, 2 ** 30, 1_000))  # no packing
+    assert np.array_equal(model.lexsort(wide), np.lexsort(wide))
+
+
+def test_draws_in_chunks_are_the_same_numbers_as_one_draw(monkeypatch):
+    monkeypatch.setattr(model, "DRAW_CHUNK_ROWS", 1_000)
+    whole = np.random.default_rng(9).random((4_321, 10))
+    chunked = model._draw_in_chunks(np.random.default_rng(9), 4_321, 10,
+                                    lambda u, rows: u.copy(), dtype=float)
+    assert np.array_equal(chunked, whole)
+    has = np.random.default_rng(1).random((4_321, 10)) < 0.2
+    picked = model._draw_in_chunks(np.random.default_rng(9), 4_321, 10,
+                                   lambda u, rows: model._pick_condition(u, has[rows]),
+                                   dtype=np.int64)
+    masked = whole * has
+    expected = np.where(masked.max(axis=1) > 0, masked.argmax(axis=1), -1)
+    assert np.array_equal(picked, expected)
+    assert model._draw_in_chunks(np.random.default_rng(9), 0, 10, lambda u, rows: u < 0.5
+                                 ).shape == (0, 10)
