@@ -130,16 +130,48 @@ def run_record(name: str, run: SampledRun, **fields: Any) -> dict[str, Any]:
 
 
 # ----- generator throughput ------------------------------------------------------------------
-def bench_generator_throughput(encounters: int, timeout: float, logs: Path) -> dict[str, Any]:
+def bench_generator_throughput(encounters: int, timeout: float, logs: Path,
+                               repeat: int = 3) -> dict[str, Any]:
+    """``repeat`` runs of ``benchmarks.generator``, each in a fresh process (a second run in
+    the same process would find its memory already mapped), summarized by their median."""
     code = (
         "import json\n"
         "from benchmarks.generator import bench_generator\n"
         f"print({RESULT_PREFIX!r} + json.dumps(bench_generator(encounters={encounters}), default=str))\n"
     )
-    log(f"generator throughput at {encounters:,} encounters")
-    run = run_sampled([PYTHON, "-c", code], env=child_env(), cwd=REPO_ROOT, timeout=timeout,
-                      log_path=logs / "generator.log")
-    return run_record("generator", run, encounters=encounters)
+    records = []
+    for attempt in range(1, repeat + 1):
+        log(f"generator throughput at {encounters:,} encounters (run {attempt} of {repeat})")
+        run = run_sampled([PYTHON, "-c", code], env=child_env(), cwd=REPO_ROOT, timeout=timeout,
+                          log_path=logs / f"generator-{attempt}.log")
+        records.append(run_record("generator", run, encounters=encounters))
+    return median_generator_record(records)
+
+
+def median_generator_record(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median generator rate, its result extended with every run's rate and
+    speedup; the targets are judged on the medians. A VM's speed drifts by +-20 % over
+    minutes, so one run says little. Without any successful run: the first record."""
+    good = [r for r in records if r.get("result")]
+    if not good:
+        return records[0]
+    rate_key = "vectorized_encounter_level_rows_per_s"
+    by_rate = sorted(good, key=lambda r: r["result"][rate_key])
+    chosen = dict(by_rate[(len(by_rate) - 1) // 2])           # the median (lower for even)
+    result = dict(chosen["result"])
+    rates = [r["result"][rate_key] for r in good]
+    speedups = [r["result"]["speedup"] for r in good]
+    result.update({
+        "runs": len(good),
+        "vectorized_encounter_level_rows_per_s_all": rates,
+        "speedup_all": speedups,
+        "speedup_median": round(statistics.median(speedups), 1),
+        "target_rows_per_s_met": bool(statistics.median(rates) >= result["target_rows_per_s"]),
+        "target_speedup_met": bool(statistics.median(speedups) >= result["target_speedup"]),
+    })
+    chosen["result"] = result
+    chosen["failed_runs"] = len(records) - len(good)
+    return chosen
 
 
 # ----- landing data per size -----------------------------------------------------------------
@@ -356,6 +388,32 @@ def _mb(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def render_generator(generator: dict[str, Any]) -> list[str]:
+    """The report's generator section: every figure of the median run, one per row."""
+    lines = ["", "## Generator throughput", ""]
+    if generator.get("result"):
+        lines += ["| metric | value |", "|---|---:|"]
+        for key, value in generator["result"].items():
+            if isinstance(value, bool):
+                shown = "yes" if value else "no"
+            elif isinstance(value, list):
+                shown = ", ".join(f"{v:,}" for v in value)
+            elif isinstance(value, float):
+                shown = f"{value:,.1f}"
+            elif isinstance(value, int):
+                shown = f"{value:,}"
+            else:
+                shown = str(value)
+            lines.append(f"| {key} | {shown} |")
+        lines.append(f"| process wall s / peak RSS MB | {generator['wall_s']} / "
+                     f"{_mb(generator['peak_rss_mb'])} |")
+    else:
+        lines.append(f"Not measured: `benchmarks.generator.bench_generator` failed or is "
+                     f"missing (exit {generator['returncode']}): "
+                     f"`{(generator.get('output_tail') or '').strip().splitlines()[-1:] or ''}`")
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     machine, ver = report["machine"], report["versions"]
     lines = [
@@ -441,25 +499,7 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{_mb(data.get('generation_peak_rss_mb'))} |")
     generator = report.get("generator")
     if generator is not None:
-        lines += ["", "## Generator throughput", ""]
-        if generator.get("result"):
-            lines += ["| metric | value |", "|---|---:|"]
-            for key, value in generator["result"].items():
-                if isinstance(value, bool):
-                    shown = "yes" if value else "no"
-                elif isinstance(value, float):
-                    shown = f"{value:,.1f}"
-                elif isinstance(value, int):
-                    shown = f"{value:,}"
-                else:
-                    shown = str(value)
-                lines.append(f"| {key} | {shown} |")
-            lines.append(f"| process wall s / peak RSS MB | {generator['wall_s']} / "
-                         f"{_mb(generator['peak_rss_mb'])} |")
-        else:
-            lines.append(f"Not measured: `benchmarks.generator.bench_generator` failed or is "
-                         f"missing (exit {generator['returncode']}): "
-                         f"`{(generator.get('output_tail') or '').strip().splitlines()[-1:] or ''}`")
+        lines += render_generator(generator)
     run = report.get("make_run")
     if run is not None:
         lines += ["", "## `make run` end to end", "",
@@ -510,6 +550,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-dir", default=None, help="default: get_config().reports_dir")
     parser.add_argument("--generator-encounters", type=int, default=None,
                         help="size of the generator throughput run (default 1 M, 100 k with --quick)")
+    parser.add_argument("--generator-repeat", type=int, default=3,
+                        help="generator throughput runs, each in a fresh process; median reported")
     parser.add_argument("--skip-generator", action="store_true")
     parser.add_argument("--skip-run", action="store_true", help="do not time `make run`")
     parser.add_argument("--skip-medallion", action="store_true")
@@ -551,7 +593,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.skip_generator:
         encounters = args.generator_encounters or (100_000 if args.quick else ONE_MILLION)
-        report["generator"] = bench_generator_throughput(encounters, args.timeout, logs)
+        report["generator"] = bench_generator_throughput(
+            encounters, args.timeout, logs, 1 if args.quick else args.generator_repeat)
 
     if not args.skip_medallion:
         datasets, runs = [], []

@@ -177,3 +177,28 @@ def test_notebook_seconds_reads_the_lines_make_run_prints(tmp_path):
     assert notebook_seconds(log) == {"05_gold_kpis.ipynb": 2.5,
                                      "07_declarative_pipeline.ipynb": "FAILED",
                                      "06_visualize_kpis.ipynb": 10.4}
+
+
+def test_generator_runs_are_summarized_by_their_median():
+    from benchmarks.__main__ import median_generator_record, render_generator
+
+    def record(rate, speedup):
+        return {"name": "generator", "ok": True, "wall_s": 9.0, "peak_rss_mb": 1700.0,
+                "result": {"vectorized_encounter_level_rows_per_s": rate, "speedup": speedup,
+                           "target_rows_per_s": 1_000_000, "target_speedup": 50.0,
+                           "target_rows_per_s_met": rate >= 1_000_000,
+                           "target_speedup_met": speedup >= 50}}
+
+    failed = {"name": "generator", "ok": False, "returncode": 1, "output_tail": "boom"}
+    summary = median_generator_record([record(1_100_000, 58.0), failed,
+                                       record(900_000, 47.0), record(1_020_000, 49.0)])
+    result = summary["result"]
+    assert result["vectorized_encounter_level_rows_per_s"] == 1_020_000    # the median run
+    assert result["vectorized_encounter_level_rows_per_s_all"] == [1_100_000, 900_000,
+                                                                    1_020_000]
+    assert result["speedup_median"] == 49.0 and result["runs"] == 3
+    assert result["target_rows_per_s_met"] and not result["target_speedup_met"]
+    assert summary["failed_runs"] == 1
+    assert median_generator_record([failed]) is failed
+    assert ("| vectorized_encounter_level_rows_per_s_all | 1,100,000, 900,000, 1,020,000 |"
+            in render_generator(summary))
