@@ -1379,11 +1379,12 @@ def _make_landing_files(out: Path, sources: dict[str, dict[str, Any]],
     for 90 days) that writers would otherwise do on the way; opening an existing empty file
     takes microseconds. Writers still create what they find missing.
     """
-    (out / "reference" / str(day_names[0])).mkdir(parents=True, exist_ok=True)
-    for source in ENTITY_OF_SOURCE:
-        for day in day_names:
-            path = out / _day_file(source, sources[source], str(day))
-            path.parent.mkdir(parents=True, exist_ok=True)
+    os.makedirs(out / "reference" / str(day_names[0]), exist_ok=True)
+    root = str(out)
+    for source in ENTITY_OF_SOURCE:          # plain os calls on strings: this thread holds
+        for day in day_names.tolist():       # the GIL as little as it can
+            path = os.path.join(root, _day_file(source, sources[source], day))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o666))
 
 
