@@ -1296,7 +1296,7 @@ class _SourceWriters:
             return None
 
     def _run(self, source: str) -> None:
-        _run_into(self.futures[source], self.job, source, self.world)   # errors: results()
+        M.run_into(self.futures[source], self.job, source, self.world)   # errors: results()
 
     def _help(self, task: str | _BlockQueue, scratch: _DirectScratch) -> None:
         """Write a waiting source, or one block of a running one."""
@@ -1421,7 +1421,7 @@ def generate(out_dir: str | os.PathLike, patients: int, days: int, seed: int = 4
 
     writers = _SourceWriters(job)
     folders = Future()
-    threading.Thread(target=_run_into, args=(folders, _make_landing_files, out, sources,
+    threading.Thread(target=M.run_into, args=(folders, _make_landing_files, out, sources,
                                              day_names),
                      name="generate-folders", daemon=True).start()
     try:
@@ -1520,14 +1520,6 @@ def _manifest_text(manifest: dict, files: list[str], defects: list[str]) -> str:
         body = ",\n  ".join(entries)
         parts.append(f'"{key}": [\n  {body}\n ]' if entries else f'"{key}": []')
     return "{\n " + ",\n ".join(parts) + "\n}\n"
-
-
-def _run_into(future: Future, function: Callable[..., Any], *args: Any) -> None:
-    """``future``'s result is ``function(*args)`` (or the error it raised): a thread target."""
-    try:
-        future.set_result(function(*args))
-    except BaseException as err:
-        future.set_exception(err)
 
 
 class _NoBar:

@@ -11,9 +11,11 @@ integer days since the epoch.
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -512,6 +514,14 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
         enc = {key: np.concatenate([enc[key], child_enc[key]]) for key in enc}
         parents = start_idx + np.flatnonzero(~np.isin(child_enc["disp"], [EXPIRED, 4, 6]))
 
+    # The patient change records' draws need nothing simulated from here on: a thread makes
+    # them (the same calls in the same order on the same generator, which nothing else uses
+    # meanwhile) while this one makes the encounters consistent, which draws nothing.
+    change_draws = Future()
+    threading.Thread(target=run_into, name="simulate-draws", daemon=True, args=(
+        change_draws, _patient_change_draws, rng, n, days, len(street_pool),
+        city_w / city_w.sum(), payer_type_p, age_band)).start()
+
     # --- consistency: nothing after death, nothing during an inpatient stay ------------------
     order = lexsort((enc["cls"] != INP, enc["admit"], enc["pat"]))
     enc = {key: v[order] for key, v in enc.items()}
@@ -533,31 +543,27 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     first_admit = np.full(n, t_end)
     np.minimum.at(first_admit, pat, enc["admit"])
     has_enc = first_admit < t_end
-    insert_ts = np.where(has_enc, first_admit - rng.integers(10, 240, n) * MINUTE,
-                         t0 + (rng.random(n) * (t_end - t0 - HOUR)).astype(np.int64))
-    insert_ts = np.maximum(insert_ts, t0 + rng.integers(0, 30, n) * MINUTE)
+    draws = change_draws.result()
+    insert_ts = np.where(has_enc, first_admit - draws["insert_lead"] * MINUTE,
+                         t0 + (draws["insert_u"] * (t_end - t0 - HOUR)).astype(np.int64))
+    insert_ts = np.maximum(insert_ts, t0 + draws["insert_floor"] * MINUTE)
     insert_ts = np.minimum(insert_ts, np.where(has_enc, first_admit - MINUTE, t_end - MINUTE))
     insert_ts = np.maximum(insert_ts, t0)
 
-    n_upd = np.minimum(rng.poisson(0.0045 * days, n), 2)
-    u = np.sort(rng.random((n, 2)), axis=1)
+    n_upd = np.minimum(draws["n_upd"], 2)
+    u = np.sort(draws["upd_u"], axis=1)
     upd_ts = insert_ts[:, None] + (u * (t_end - insert_ts)[:, None]).astype(np.int64)
-    upd_ts = upd_ts // MINUTE * MINUTE + rng.integers(0, 60, (n, 2))
-    upd_kind = rng.choice(3, size=(n, 2), p=[0.5, 0.35, 0.15])            # address/payer/phone
+    upd_ts = upd_ts // MINUTE * MINUTE + draws["upd_second"]
+    upd_kind = draws["upd_kind"]                                           # address/payer/phone
     upd_valid = np.arange(2)[None, :] < n_upd[:, None]
     upd_valid &= upd_ts > insert_ts[:, None]
     upd_valid &= upd_ts < t_end
     upd_valid[:, 1] &= upd_valid[:, 0]        # a second change only after a first one
     # state per version (0 = insert, 1 = after first update, 2 = after second)
-    street_no = rng.integers(1, 9_900, (n, 3))
-    street = rng.integers(0, len(street_pool), (n, 3))
-    zip2 = rng.integers(0, 100, (n, 3))
-    moved_city = np.where(rng.random((n, 3)) < 0.25, rng.choice(len(CITIES), size=(n, 3),
-                                                                 p=city_w / city_w.sum()),
-                          city[:, None])
-    new_payer = np.stack([payer0, _payer_for(rng, payer_type_p, age_band),
-                          _payer_for(rng, payer_type_p, age_band)], axis=1)
-    new_phone = rng.integers(2_000_000, 10_000_000, (n, 3))
+    street_no, street, zip2 = draws["street_no"], draws["street"], draws["zip2"]
+    moved_city = np.where(draws["moves"], draws["new_city"], city[:, None])
+    new_payer = np.stack([payer0, draws["payer_1"], draws["payer_2"]], axis=1)
+    new_phone = draws["new_phone"]
     # the version arrays are the draws themselves, carried forward in place where a version
     # did not change (only the payer draws are compared again below, so only they are copied)
     v_street_no, v_street, v_zip2, v_city = street_no, street, zip2, moved_city
@@ -684,6 +690,41 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
 
 
 # ----------------------------------------------------------------------------------------------
+def _patient_change_draws(rng: np.random.Generator, n: int, days: int, streets: int,
+                          city_p: np.ndarray, payer_type_p: np.ndarray,
+                          age_band: np.ndarray) -> dict[str, np.ndarray]:
+    """Every random draw of the patient change records, in the order ``simulate`` has always
+    made them (the generated data depends on that order): when each record was inserted, how
+    many updates follow and when, of which kind, and the address, city, payer and phone each
+    version would have. All are per patient, so they can be drawn before the encounters are
+    final."""
+    return {
+        "insert_lead": rng.integers(10, 240, n),          # minutes before the first visit
+        "insert_u": rng.random(n),                        # ... or when, for patients without
+        "insert_floor": rng.integers(0, 30, n),
+        "n_upd": rng.poisson(0.0045 * days, n),
+        "upd_u": rng.random((n, 2)),
+        "upd_second": rng.integers(0, 60, (n, 2)),
+        "upd_kind": rng.choice(3, size=(n, 2), p=[0.5, 0.35, 0.15]),
+        "street_no": rng.integers(1, 9_900, (n, 3)),
+        "street": rng.integers(0, streets, (n, 3)),
+        "zip2": rng.integers(0, 100, (n, 3)),
+        "moves": rng.random((n, 3)) < 0.25,
+        "new_city": rng.choice(len(CITIES), size=(n, 3), p=city_p),
+        "payer_1": _payer_for(rng, payer_type_p, age_band),
+        "payer_2": _payer_for(rng, payer_type_p, age_band),
+        "new_phone": rng.integers(2_000_000, 10_000_000, (n, 3)),
+    }
+
+
+def run_into(future: Future, function: Callable[..., Any], *args: Any) -> None:
+    """``future``'s result is ``function(*args)`` (or the error it raised): a thread target."""
+    try:
+        future.set_result(function(*args))
+    except BaseException as err:
+        future.set_exception(err)
+
+
 def _payer_for(rng: np.random.Generator, type_probs: np.ndarray,
                band: np.ndarray) -> np.ndarray:
     """A payer index per row: payer type by age band (``type_probs[band]``), then a plan of
