@@ -544,6 +544,13 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     np.minimum.at(first_admit, pat, enc["admit"])
     has_enc = first_admit < t_end
     draws = change_draws.result()
+    # the encounters' own attributes draw next: a thread simulates them (the generator is its
+    # alone from here until the thread is done) while this one builds the patient versions,
+    # which draw nothing
+    attributes = Future()
+    threading.Thread(target=run_into, name="simulate-encounters", daemon=True, args=(
+        attributes, _encounter_attributes, rng, enc, cond, city, birth_day, is_hosp, fac_city,
+        fac_prov_start, fac_prov_count)).start()
     insert_ts = np.where(has_enc, first_admit - draws["insert_lead"] * MINUTE,
                          t0 + (draws["insert_u"] * (t_end - t0 - HOUR)).astype(np.int64))
     insert_ts = np.maximum(insert_ts, t0 + draws["insert_floor"] * MINUTE)
@@ -588,7 +595,53 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
                + (upd_valid[pat, 1] & (upd_ts[pat, 1] <= enc["admit"])).astype(int))
     enc_payer = v_payer[pat, version]
 
-    # --- encounter attributes ---------------------------------------------------------------
+    encounters = {"pat": pat, "cls": cls, "admit": enc["admit"], "disch": enc["disch"],
+                  "disp": enc["disp"], "payer": enc_payer, **attributes.result()}
+    world.labels = encounters.pop("labels")
+
+    facilities["staffed_beds"] = staffed_beds(encounters, n_fac, fac_type, start_day, days)
+    world.encounters = encounters
+    notify("encounters", world)
+
+    world.labs = _labs(rng, encounters, cond)
+    notify("labs", world)
+    world.meds = _meds(rng, encounters, cond)
+    notify("meds", world)
+    claims = world.claims = _claims(rng, encounters, t_end)
+    notify("claims", world)
+
+    # DELETE: a few patients whose record is retired after their last activity (merged charts)
+    last = insert_ts.copy()
+    np.maximum.at(last, pat, enc["disch"])
+    if len(claims["adjudicated"]):
+        np.maximum.at(last, pat[claims["enc"]], claims["adjudicated"] * DAY + DAY - 1)
+    last = np.maximum(last, np.where(upd_valid, upd_ts, 0).max(axis=1))
+    deletable = (t_end - last) > 2 * DAY
+    delete = deletable & (rng.random(n) < 0.004 * min(days / 30, 3))
+    delete_ts = last + DAY + (rng.random(n) * np.maximum(t_end - last - 2 * DAY, 0)).astype(
+        np.int64)
+
+    world.changes = _change_records(n, insert_ts, upd_ts, upd_valid, delete, delete_ts)
+    world.patients = {
+        "sex": sex, "birth_day": birth_day, "first_name": first_name, "last_name": last_name,
+        "street_no": v_street_no, "street": v_street, "street_pool": street_pool, "zip2": v_zip2,
+        "city": v_city, "payer": v_payer, "phone": v_phone, "ssn": ssn, "cond": cond,
+        "age": age, "n_chronic": n_chronic, "insert_ts": insert_ts,
+    }
+    notify("changes", world)
+    return world
+
+
+# ----------------------------------------------------------------------------------------------
+def _encounter_attributes(rng: np.random.Generator, enc: dict[str, np.ndarray],
+                          cond: np.ndarray, city: np.ndarray, birth_day: np.ndarray,
+                          is_hosp: np.ndarray, fac_city: np.ndarray, fac_prov_start: np.ndarray,
+                          fac_prov_count: np.ndarray) -> dict[str, Any]:
+    """What happened at each (consistent) encounter: facility and provider, admission type and
+    source, primary and secondary diagnoses, age, total charge and DRG, plus the diagnosis
+    ``labels``. The draws come in the order ``simulate`` has always made them."""
+    pat, cls = enc["pat"], enc["cls"]
+    m = len(pat)
     age_at = (enc["admit"] // DAY - birth_day[pat]) / 365.25
     hosp_fac = np.flatnonzero(is_hosp)
     clinic_fac = np.flatnonzero(~is_hosp)
@@ -639,7 +692,6 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
                                                  main_idx[cond_of_enc]), primary)
     # secondary diagnoses: the patient's chronic conditions (the encounter's own primary aside)
     secondary_labels, secondary = _secondary_dx(cond, pat, main_code, main_idx, primary, rng)
-    world.labels = {"primary": dx_codes, "secondary": secondary_labels}
 
     # charges (USD): long-tailed, inpatient by length of stay
     los_days = (enc["disch"] - enc["admit"]) / DAY
@@ -648,48 +700,12 @@ def simulate(patients: int, days: int, seed: int, start_date: date,
     charge_cents = np.round(per_day * np.exp(0.35 * rng.standard_normal(m)) * 100).astype(np.int64)
     charge_cents = np.maximum(charge_cents, 4_500)
 
-    encounters = {
-        "pat": pat, "cls": cls, "admit": enc["admit"], "disch": enc["disch"],
-        "disp": enc["disp"], "fac": fac, "prov": prov, "adm_type": adm_type,
-        "adm_src": adm_src, "payer": enc_payer, "primary": primary, "secondary": secondary,
-        "charge_cents": charge_cents, "age": age_at,
-        "drg": np.where(cls == INP, rng.integers(1, 999, m), -1),
-    }
-
-    facilities["staffed_beds"] = staffed_beds(encounters, n_fac, fac_type, start_day, days)
-    world.encounters = encounters
-    notify("encounters", world)
-
-    world.labs = _labs(rng, encounters, cond)
-    notify("labs", world)
-    world.meds = _meds(rng, encounters, cond)
-    notify("meds", world)
-    claims = world.claims = _claims(rng, encounters, t_end)
-    notify("claims", world)
-
-    # DELETE: a few patients whose record is retired after their last activity (merged charts)
-    last = insert_ts.copy()
-    np.maximum.at(last, pat, enc["disch"])
-    if len(claims["adjudicated"]):
-        np.maximum.at(last, pat[claims["enc"]], claims["adjudicated"] * DAY + DAY - 1)
-    last = np.maximum(last, np.where(upd_valid, upd_ts, 0).max(axis=1))
-    deletable = (t_end - last) > 2 * DAY
-    delete = deletable & (rng.random(n) < 0.004 * min(days / 30, 3))
-    delete_ts = last + DAY + (rng.random(n) * np.maximum(t_end - last - 2 * DAY, 0)).astype(
-        np.int64)
-
-    world.changes = _change_records(n, insert_ts, upd_ts, upd_valid, delete, delete_ts)
-    world.patients = {
-        "sex": sex, "birth_day": birth_day, "first_name": first_name, "last_name": last_name,
-        "street_no": v_street_no, "street": v_street, "street_pool": street_pool, "zip2": v_zip2,
-        "city": v_city, "payer": v_payer, "phone": v_phone, "ssn": ssn, "cond": cond,
-        "age": age, "n_chronic": n_chronic, "insert_ts": insert_ts,
-    }
-    notify("changes", world)
-    return world
+    return {"fac": fac, "prov": prov, "adm_type": adm_type, "adm_src": adm_src,
+            "primary": primary, "secondary": secondary, "charge_cents": charge_cents,
+            "age": age_at, "drg": np.where(cls == INP, rng.integers(1, 999, m), -1),
+            "labels": {"primary": dx_codes, "secondary": secondary_labels}}
 
 
-# ----------------------------------------------------------------------------------------------
 def _patient_change_draws(rng: np.random.Generator, n: int, days: int, streets: int,
                           city_p: np.ndarray, payer_type_p: np.ndarray,
                           age_band: np.ndarray) -> dict[str, np.ndarray]:
