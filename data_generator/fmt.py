@@ -76,9 +76,9 @@ def digit_matrix(values: np.ndarray, width: int) -> np.ndarray:
 
 
 def take_rows(matrix: np.ndarray, idx: np.ndarray) -> np.ndarray:
-    """``matrix[idx]`` for a byte matrix, each row moved as one opaque item (a lookup table of
-    dates or labels gathered for 100k rows: 4-15x faster than numpy's row-by-row fancy
-    indexing)."""
+    """``matrix[idx]`` for a byte matrix, each row moved as one opaque item (lookup tables of
+    dates, times and labels gathered for 100k-row blocks: 5.7x faster on the generator's calls
+    than numpy's row-by-row fancy indexing)."""
     matrix = np.ascontiguousarray(matrix, dtype=np.uint8)
     n, width = len(idx), matrix.shape[1]
     if width == 0 or len(matrix) == 0:
@@ -126,7 +126,7 @@ def concat_matrices(parts: list[np.ndarray | str], n: int) -> np.ndarray:
     for piece, at in zip(pieces, starts):
         if piece.ndim == 2 and n and piece.shape[1]:
             # each row's slice as one opaque ``w``-byte item: a single pass of n copies,
-            # not n passes over w one-byte elements (2-2.5x faster for 100k-row blocks)
+            # not n passes over w one-byte elements (1.8x faster on the generator's calls)
             if piece.strides[1] != 1:
                 piece = np.ascontiguousarray(piece)
             item = np.dtype((np.void, piece.shape[1]))
@@ -221,8 +221,9 @@ def number_text(scaled: np.ndarray, decimals: int | np.ndarray,
     ``blank`` is true are empty text (e.g. amounts of claims not adjudicated yet).
 
     Arrow's own casts write the digits (C++, without the GIL): integers as ``int64``, the
-    others as ``decimal128`` values with ``scaled`` as their unscaled digits (for 100k amounts
-    1.7x faster than building them in numpy, 2.5x for integers). At most ``MAX_DECIMALS``.
+    others as ``decimal128`` values with ``scaled`` as their unscaled digits. On the
+    generator's own calls this is about 10 % faster than the numpy byte matrices it replaced
+    (1.7x on uniform 100k-row columns) and much shorter. At most ``MAX_DECIMALS``.
     """
     scaled = np.asarray(scaled, dtype=np.int64)
     n = len(scaled)

@@ -716,7 +716,7 @@ def _patient_change_draws(rng: np.random.Generator, n: int, days: int, streets: 
     final."""
     return {
         "insert_lead": rng.integers(10, 240, n),          # minutes before the first visit
-        "insert_u": rng.random(n),                        # ... or when, for patients without
+        "insert_u": rng.random(n),                        # when, for patients without visits
         "insert_floor": rng.integers(0, 30, n),
         "n_upd": rng.poisson(0.0045 * days, n),
         "upd_u": rng.random((n, 2)),
