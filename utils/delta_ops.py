@@ -9,7 +9,7 @@ reads what delta-rs did and keeps writing afterwards.
 
 Every function takes a course table as ``(layer, table)`` (or one ``"layer.table"`` string)
 and returns the same shape on both paths: a Spark DataFrame with the same columns, a dict or
-a list. Which path runs is decided by :func:`uses_sql` (``utils.session.selected_engine``).
+a list. Which path runs is decided by :func:`uses_sql` (``utils.session.delta_sql_available``).
 
 Demos work on scratch tables so they never change a real course table: the pseudo-layer
 ``"scratch"`` is the schema ``scratch`` -- locally at ``get_config().scratch_path(name)``,
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from utils.config import COURSE_TABLE_PROPERTIES, CourseConfig, get_config
-from utils.session import selected_engine
+from utils.session import delta_sql_available
 from utils.tables import is_delta_table, register_table
 
 if TYPE_CHECKING:
@@ -57,8 +57,9 @@ CONSTRAINT_PREFIX = "delta.constraints."
 
 # ----- addressing ------------------------------------------------------------------------------
 def uses_sql() -> bool:
-    """True when the engine runs Delta's SQL commands itself (Databricks, JVM delta-spark)."""
-    return selected_engine() in ("databricks", "spark")
+    """True when the engine runs Delta's SQL commands itself (Databricks, JVM delta-spark, a
+    Spark Connect server with Delta); False on Sail, where delta-rs runs them."""
+    return delta_sql_available()
 
 
 def _split(layer: str, table: str | None) -> tuple[str, str]:

@@ -32,6 +32,8 @@ DEFAULT_ENGINE = "sail"
 _lock = threading.Lock()
 _sessions: dict[str, Any] = {}
 _sail_server: Any = None
+_package_zip: str | None = None
+_delta_sql: dict[str, bool] = {}  # SPARK_REMOTE URL -> does that server run Delta SQL
 
 
 class EngineError(RuntimeError):
@@ -136,7 +138,65 @@ def _remote_session() -> "SparkSession":
             f"Cannot reach the Spark Connect server at {host}:{port} ({err.strerror or err}): "
             "start it, check SPARK_REMOTE, or unset SPARK_REMOTE to use the embedded engine."
         ) from None
-    return SparkSession.builder.remote(url).getOrCreate()
+    session = SparkSession.builder.remote(url).getOrCreate()
+    # A server's own time zone must not shift the course's timestamps (measured: a server in
+    # America/Los_Angeles moved every admit/discharge time and changed 6 of 9 gold tables).
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    ship_course_package(session)
+    return session
+
+
+def course_package_zip() -> str:
+    """A zip of the course's Python packages (``utils``, ``data_generator``), built once per
+    process in a temporary folder: what a remote server's Python workers import."""
+    global _package_zip
+    if _package_zip is None or not os.path.exists(_package_zip):
+        import tempfile
+        import zipfile
+
+        from utils.config import REPO_ROOT
+
+        folder = tempfile.mkdtemp(prefix="course-package-")
+        _package_zip = os.path.join(folder, "medallion_course.zip")
+        with zipfile.ZipFile(_package_zip, "w", zipfile.ZIP_DEFLATED) as archive:
+            for package in ("utils", "data_generator"):
+                for path in sorted((REPO_ROOT / package).rglob("*")):
+                    if path.is_file() and "__pycache__" not in path.parts:
+                        archive.write(path, path.relative_to(REPO_ROOT).as_posix())
+        atexit.register(shutil.rmtree, folder, True)
+    return _package_zip
+
+
+def ship_course_package(session: "SparkSession") -> None:
+    """Make ``import utils`` work in the server's Python workers, where the course's pandas
+    UDFs run: on a real cluster nothing else puts the course there. The zip goes first on
+    the workers' ``sys.path`` for this session, so they run this checkout's code.
+
+    A server that takes no artifacts (Sail: "handle add artifacts" is unsupported) runs
+    UDFs in its own Python, which must have the course installed, as the embedded one has.
+    """
+    from pyspark.errors.exceptions.connect import UnsupportedOperationException
+
+    try:
+        session.addArtifacts(course_package_zip(), pyfile=True)
+    except UnsupportedOperationException:
+        pass
+
+
+def delta_sql_available() -> bool:
+    """True when the engine runs Delta's SQL commands itself (``DESCRIBE HISTORY``,
+    ``OPTIMIZE``, ``VACUUM``, ``RESTORE``...): Databricks, JVM delta-spark, and a Spark
+    Connect server whose session has the Delta extension. Sail has none of them."""
+    engine = selected_engine()
+    if engine in ("databricks", "spark"):
+        return True
+    if engine != "remote":
+        return False
+    key = os.environ["SPARK_REMOTE"]
+    if key not in _delta_sql:
+        extensions = get_spark().conf.get("spark.sql.extensions", None) or ""
+        _delta_sql[key] = "DeltaSparkSessionExtension" in extensions
+    return _delta_sql[key]
 
 
 def _sail_session() -> "SparkSession":
@@ -208,6 +268,7 @@ def jvm_builder() -> Any:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "4")
+        .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.ui.showConsoleProgress", "false")
     )
     return configure_spark_with_delta_pip(builder)

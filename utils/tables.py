@@ -46,6 +46,15 @@ def _properties_sql(properties: dict[str, str]) -> str:
     return ", ".join(f"{_sql_string(k)} = {_sql_string(v)}" for k, v in properties.items())
 
 
+def local_location(location: str) -> str:
+    """A table location as a plain local path. Engines write the same folder differently:
+    Sail ``file:///data/x``, Apache Spark ``file:/data/x`` (one slash), Databricks a cloud
+    URI (left as it is)."""
+    if location.startswith("file:"):
+        return "/" + location[len("file:"):].lstrip("/")
+    return location
+
+
 def registered_location(spark: "SparkSession", name: str) -> str | None:
     """Where the session's catalog says table ``name`` lives, or None if it is not registered."""
     try:
@@ -53,7 +62,7 @@ def registered_location(spark: "SparkSession", name: str) -> str | None:
     except Exception:  # noqa: BLE001 - the name is not registered in this session
         return None
     location = next((row[1] for row in rows if row[0] == "Location"), None)
-    return location.removeprefix("file://") if location else None
+    return local_location(location) if location else None
 
 
 def forget_if_elsewhere(spark: "SparkSession", name: str, path: Path) -> None:
@@ -119,7 +128,7 @@ def _registered_locations(spark: "SparkSession", layer: str) -> dict[str, object
         location = None
         for line in str(row["information"] or "").splitlines():
             if line.startswith("Location:"):
-                location = line.split(":", 1)[1].strip().removeprefix("file://")
+                location = local_location(line.split(":", 1)[1].strip())
         # a temporary view, two entries, or no location shown: ask with DESCRIBE as before
         if row["isTemporary"] or not location or name in found:
             found[name] = _ASK
