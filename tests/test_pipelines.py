@@ -302,20 +302,27 @@ def test_auto_cdc_scd2_and_scd1_with_late_and_deleted_changes(spark, data_dir, t
     assert {f.flow: f.num_output_rows for f in run.flows}["customers_scd2"] == 0
 
 
-def test_open_source_rejects_scd2_and_the_compat_registers_it(spark):
+def test_open_source_rejects_scd2_and_the_local_runner_registers_it(spark):
     from pyspark import pipelines as dp
     from pyspark.pipelines.graph_element_registry import graph_element_registration_context
 
-    from utils.pipelines.compat import create_auto_cdc_flow
-    from utils.pipelines.registry import LocalRegistry
+    from utils.pipelines import compat
+    from utils.pipelines.registry import LocalRegistry, local_api_installed
 
     registry = LocalRegistry()
     with graph_element_registration_context(registry):
         with pytest.raises(Exception, match="stored_as_scd_type"):
             dp.create_auto_cdc_flow(target="t", source="s", keys=["k"], sequence_by="seq",
                                     stored_as_scd_type=2)
-        create_auto_cdc_flow(target="t", source="s", keys=["k"], sequence_by="seq",
-                             stored_as_scd_type=2)
+        assert not compat.supports_scd_type_2() and not compat.supports_native_expectations()
+        with pytest.raises(NotImplementedError, match="create_auto_cdc_table"):
+            compat.create_auto_cdc_flow(target="t", source="s", keys=["k"], sequence_by="seq",
+                                        stored_as_scd_type=2)
+        with local_api_installed():     # what the local runner offers while sources load
+            assert compat.supports_scd_type_2() and compat.supports_native_expectations()
+            compat.create_auto_cdc_flow(target="t", source="s", keys=["k"], sequence_by="seq",
+                                        stored_as_scd_type=2)
+        assert not hasattr(dp, "expect")              # and takes back afterwards
     (flow,) = registry.auto_cdc_flows
     assert (flow.name, flow.target, flow.source, flow.stored_as_scd_type) == ("t", "t", "s", 2)
     assert flow.source_code_location.filename == __file__

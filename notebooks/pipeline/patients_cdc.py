@@ -2,18 +2,20 @@
 
 The change records stream in from bronze (only the new ones each update), are parsed and
 checked with the rules of `utils.cdc`, pseudonymised (`to_change_records`) and applied by
-`create_auto_cdc_flow(..., stored_as_scd_type=2)`: ordered by `(change_ts, change_id)`, so a
-late change lands in its place in the history, and a DELETE closes the current version.
-Open-source PySpark accepts only SCD type 1 here; `utils.pipelines.compat` passes the call to
-Databricks unchanged and runs type 2 with the local runner. `silver_patients` maps the AUTO CDC
-columns (`__START_AT`, `__END_AT`) to the contract's (`valid_from`, `valid_to`, ...).
+AUTO CDC with `stored_as_scd_type=2`: ordered by `(change_ts, change_id)`, so a late change
+lands in its place in the history, and a DELETE closes the current version.
+`create_auto_cdc_table` is `dp.create_streaming_table` + `dp.create_auto_cdc_flow` on Databricks
+and in the local runner; open-source `spark-pipelines` accepts only SCD type 1, so there
+`utils.pipelines.compat` builds the same history as a materialized view over a streaming table
+of the change events. `silver_patients` maps the AUTO CDC columns (`__START_AT`, `__END_AT`) to
+the contract's (`valid_from`, `valid_to`, ...).
 """
 
 from pyspark import pipelines as dp
 from pyspark.sql import functions as F
 
 from utils import cdc
-from utils.pipelines.compat import create_auto_cdc_flow
+from utils.pipelines.compat import create_auto_cdc_table
 from utils.pipelines.medallion import scd2_to_contract, with_expectations
 
 
@@ -31,12 +33,9 @@ def patient_changes():
     return cdc.to_change_records(spark.readStream.table("patient_changes_checked"))  # noqa: F821
 
 
-dp.create_streaming_table(
+create_auto_cdc_table(
     "silver_patients_scd2",
-    comment="SCD type 2 history of each patient as AUTO CDC stores it (__START_AT/__END_AT)")
-
-create_auto_cdc_flow(
-    target="silver_patients_scd2",
+    comment="SCD type 2 history of each patient as AUTO CDC stores it (__START_AT/__END_AT)",
     source="patient_changes",
     keys=["patient_key"],
     sequence_by=F.struct("change_ts", "change_id"),

@@ -18,7 +18,13 @@ here; everything else (parsing, rules, dedupe, SCD2 columns, KPIs) is imported f
   own landing folder, to replay "a new day arrives" (notebook 07).
 * :func:`with_reference_date` - gold's reference date as a column (no query while planning).
 * :func:`with_expectations` - a list of :class:`utils.expectations.Expectation` as pipeline
-  expectation decorators (native on Databricks, the local shim elsewhere).
+  expectation decorators (native on Databricks and in the local runner, filters on the
+  open-source CLI: :mod:`utils.pipelines.compat`).
+
+This module and :mod:`utils.pipelines.compat` are what the pipeline sources import: they import
+nothing engine-internal (no ``pyspark.pipelines`` module other than the public API, nothing of
+the local runner), so the sources load unchanged on Databricks, in the local runner and with
+the official ``spark-pipelines`` CLI.
 """
 
 from __future__ import annotations
@@ -188,20 +194,12 @@ def with_expectations(rules: Iterable[Expectation]) -> Callable[[Callable[..., A
     """Decorate a query function with ``rules`` as pipeline expectations, in order.
 
     ``warn`` -> ``expect``, ``drop`` -> ``expect_or_drop``, ``fail`` -> ``expect_or_fail``:
-    the native decorators on Databricks, :mod:`utils.pipelines.compat` locally.
+    the runtime's native decorators (Databricks, the local runner), or on open-source
+    ``spark-pipelines`` the equivalent filters of :mod:`utils.pipelines.compat`.
     """
     from utils.pipelines import compat
 
-    by_action = {"warn": compat.expect, "drop": compat.expect_or_drop,
-                 "fail": compat.expect_or_fail}
-    rules = list(rules)
-
-    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
-        for rule in reversed(rules):   # decorators apply bottom-up: keep the rules' order
-            func = by_action[rule.action](rule.name, rule.condition)(func)
-        return func
-
-    return decorator
+    return compat.expectations_decorator(rules)
 
 
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
