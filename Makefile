@@ -10,7 +10,8 @@ ifndef TEST_DATA_DIR
 TEST_DATA_DIR := $(shell mktemp -u /tmp/medallion-test.XXXXXX)
 endif
 
-.PHONY: help install run test unit lab data bench doctor lint clean reset notebooks pipeline dictionary
+.PHONY: help install run test unit lab data bench doctor lint clean reset notebooks pipeline dictionary \
+	spark-jars test-spark test-cluster
 
 help: ## List the targets (this text)
 	@echo "Medallion lakehouse course on healthcare data. Targets:"
@@ -31,6 +32,33 @@ test: $(STAMP) ## Run the unit tests, then every notebook under nbval (in a temp
 	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q; rc=$$?; rm -rf $(TEST_DATA_DIR); exit $$rc
 	COURSE_DATA_DIR=$(TEST_DATA_DIR)-nb $(PY) -m pytest -q --nbval notebooks \
 		--sanitize-with tests/nbval_sanitize.cfg; rc=$$?; rm -rf $(TEST_DATA_DIR)-nb; exit $$rc
+
+# ----- Apache Spark, the reference engine (needs Java 17 and, once, Maven Central) ---------------
+# The Sail run the Spark targets are compared with; give SAIL_REFERENCE=<folder> to reuse one
+# (CI builds it once for test-spark and test-cluster). A folder of ours is removed afterwards.
+SAIL_REFERENCE ?= $(TEST_DATA_DIR)-sail
+SPARK_STATE := $(CURDIR)/.spark
+# nbval's masks plus the engine's name, the one output that must differ between engines
+ENGINE_SANITIZE := cat tests/nbval_sanitize.cfg tests/nbval_sanitize_engines.cfg > $(TEST_DATA_DIR).cfg
+COMPARE_WITH_SAIL := $(PY) -m utils.compare_engines --build-reference $(SAIL_REFERENCE)
+CLEAN_SPARK_RUN = rm -rf $(TEST_DATA_DIR)-$(1) $(TEST_DATA_DIR).cfg; \
+	case "$(SAIL_REFERENCE)" in $(TEST_DATA_DIR)-sail) rm -rf $(SAIL_REFERENCE);; esac
+
+spark-jars: $(STAMP) ## Download the delta-spark jars (Maven Central, once) into the Ivy cache
+	$(PY) -m utils.spark_server jars
+
+test-spark: spark-jars ## Every notebook under nbval on a Spark Connect server with Delta (JVM); gold must equal Sail's
+	@$(ENGINE_SANITIZE)
+	COURSE_DATA_DIR=$(TEST_DATA_DIR)-spark $(PY) -m utils.spark_server run --state $(SPARK_STATE)/test-spark \
+		--server-timezone America/Los_Angeles -- \
+		bash -c '$(PY) -m pytest -q tests/test_engine_parity.py tests/test_remote_engine.py && $(PY) -m pytest -q --nbval notebooks \
+		--sanitize-with $(TEST_DATA_DIR).cfg' && $(COMPARE_WITH_SAIL) $(TEST_DATA_DIR)-spark; \
+		rc=$$?; $(call CLEAN_SPARK_RUN,spark); exit $$rc
+
+test-cluster: spark-jars ## The course on a standalone Spark cluster (master + 2 workers on 127.0.0.1); gold must equal Sail's
+	COURSE_DATA_DIR=$(TEST_DATA_DIR)-cluster $(PY) -m utils.spark_server run --cluster \
+		--state $(SPARK_STATE)/test-cluster --server-timezone Asia/Kolkata -- $(PY) -m utils.run_course --jobs 1 \
+		&& $(COMPARE_WITH_SAIL) $(TEST_DATA_DIR)-cluster; rc=$$?; $(call CLEAN_SPARK_RUN,cluster); exit $$rc
 
 unit: $(STAMP) ## Run only the unit tests (fast)
 	COURSE_DATA_DIR=$(TEST_DATA_DIR) $(PY) -m pytest tests -q; rc=$$?; rm -rf $(TEST_DATA_DIR); exit $$rc

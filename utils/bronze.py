@@ -700,7 +700,10 @@ def delta_log_commits(entity: str, config: CourseConfig | None = None) -> list[d
             "version": int(log_file.stem),
             "log_file": log_file.relative_to(config.data_root).as_posix(),
             "operation": info.get("operation"),
-            "mode": (info.get("operationParameters") or {}).get("mode"),
+            # a write's save mode; engines disagree on what a CREATE TABLE records (Sail
+            # "ErrorIfExists", delta-spark nothing), and it has no write mode to show
+            "mode": ((info.get("operationParameters") or {}).get("mode")
+                     if info.get("operation") == "WRITE" else None),
             "added_files": added,
             "rows_added": rows,
         })

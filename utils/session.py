@@ -19,6 +19,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -177,10 +178,16 @@ def ship_course_package(session: "SparkSession") -> None:
     """
     from pyspark.errors.exceptions.connect import UnsupportedOperationException
 
+    package = course_package_zip()
     try:
-        session.addArtifacts(course_package_zip(), pyfile=True)
+        session.addArtifacts(package, pyfile=True)
     except UnsupportedOperationException:
         pass
+    # The client also puts the zip on its own sys.path (pyspark does, for local analysis);
+    # this process already imports the course from the repository, where the package's data
+    # files (code tables) are real files, so keep imports here coming from there.
+    while package in sys.path:
+        sys.path.remove(package)
 
 
 def delta_sql_available() -> bool:

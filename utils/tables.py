@@ -56,7 +56,12 @@ def local_location(location: str) -> str:
 
 
 def registered_location(spark: "SparkSession", name: str) -> str | None:
-    """Where the session's catalog says table ``name`` lives, or None if it is not registered."""
+    """Where the session's catalog says table ``name`` lives, or None if it is not registered.
+
+    Asks ``tableExists`` first: a ``DESCRIBE`` of a missing table fails on the server, and
+    Spark's Connect client logs every failed query to stderr, into the notebook's output."""
+    if not spark.catalog.tableExists(name):
+        return None
     try:
         rows = spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect()
     except Exception:  # noqa: BLE001 - the name is not registered in this session
