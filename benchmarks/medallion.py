@@ -2,8 +2,8 @@
 
 ``run_workload(spark, landing_dir, out_dir, table_format)`` does what the course's bronze,
 silver and gold notebooks do, in the standard DataFrame API only, so the very same code runs
-on Sail (the course engine, writing Delta) and on JVM PySpark (writing parquet: delta-spark's
-jars cannot be fetched here):
+on Sail (the course engine) and on JVM PySpark with delta-spark (``utils.session.jvm_builder``),
+both reading and writing Delta tables:
 
 1. ingest   landing CSVs (encounters, patient change records, claims) read as raw text lines
             into bronze tables (line + the header of its file);
@@ -16,7 +16,8 @@ jars cannot be fetched here):
 5. readmit  30-day unplanned readmission with ``lead`` over each patient's inpatient stays,
             as the gold contract defines it;
 6. aggregate by month x facility (readmissions; volume, charges and paid claims);
-7. write    bronze, silver and gold tables (Delta on Sail, parquet on JVM).
+7. write    bronze, silver and gold Delta tables (every phase reads the Delta tables the
+            one before wrote).
 
 Why text + regex and not ``spark.read.csv`` or ``from_csv``: on Sail 0.7.2 one malformed row
 fails the whole CSV read, and ``from_csv`` both ignores quotes and fails the whole query when a
@@ -28,7 +29,12 @@ Run one (engine, size) in a fresh process, so its wall time includes session sta
     python -m benchmarks.medallion --engine sail --data <landing dir> --out <scratch dir>
 
 It prints one ``BENCH_RESULT {json}`` line: per-phase seconds and the gold checksums (which
-must be equal on both engines for the same data).
+must be equal on both engines for the same data). When the engine cannot start (no Java, the
+delta-spark jars unreachable) it prints one ``BENCH_ERROR <what to do>`` line and exits 2.
+``--warm-up`` only starts and stops the engine: the harness runs it once before timing JVM
+PySpark, so the first start's jar download from Maven Central is never timed::
+
+    python -m benchmarks.medallion --engine jvm --warm-up
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 RESULT_PREFIX = "BENCH_RESULT "
+#: Prefix of the one line a run prints when its engine cannot start (exit status 2).
+ERROR_PREFIX = "BENCH_ERROR "
 ENGINES = ("sail", "jvm")
 
 #: Landing sources the workload reads: short name -> (landing folder, columns in contract order).
@@ -464,20 +472,45 @@ def start_session(engine: str) -> "SparkSession":
 
         return get_spark()
     if engine == "jvm":
-        from pyspark.sql import SparkSession
-
-        builder = SparkSession.builder.master("local[2]").appName("medallion-benchmark")
-        if JVM_DRIVER_MEMORY:
-            builder = builder.config("spark.driver.memory", JVM_DRIVER_MEMORY)
-        spark = (
-            builder.config("spark.sql.session.timeZone", "UTC")
-            .config("spark.sql.shuffle.partitions", "4")
-            .config("spark.ui.showConsoleProgress", "false")
-            .getOrCreate()
-        )
-        spark.sparkContext.setLogLevel("ERROR")
-        return spark
+        os.environ.pop("SPARK_REMOTE", None)
+        return start_jvm_session()
     raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+
+
+class EngineUnavailable(RuntimeError):
+    """An engine cannot start; the message is one line saying what to do about it."""
+
+
+def start_jvm_session() -> "SparkSession":
+    """JVM PySpark with Delta, built by the course's ``utils.session.jvm_builder()``.
+
+    ``local[2]``, 4 shuffle partitions, UTC, delta-spark's extension and catalog, and its
+    jars in ``spark.jars.packages`` (resolved from Maven Central into ``~/.ivy2.5.2`` on
+    first start, from that cache afterwards); Spark's default driver heap unless
+    BENCH_JVM_DRIVER_MEMORY says otherwise. Missing Java or unreachable jars raise
+    :class:`EngineUnavailable` with one actionable line.
+    """
+    from utils.session import java_version, jvm_builder
+
+    if java_version() is None:
+        raise EngineUnavailable(
+            "JVM PySpark needs Java 17 on PATH or JAVA_HOME (Debian/Ubuntu: `apt install "
+            "openjdk-17-jre`; conda: `conda install openjdk=17`), or run with --skip-jvm."
+        )
+    builder = jvm_builder().appName("medallion-benchmark")
+    if JVM_DRIVER_MEMORY:
+        builder = builder.config("spark.driver.memory", JVM_DRIVER_MEMORY)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as err:  # noqa: BLE001 - turn a JVM start failure into one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EngineUnavailable(
+            f"JVM PySpark with Delta did not start ({first[:160]}): the delta-spark jars come "
+            "from Maven Central (repo1.maven.org) into ~/.ivy2.5.2 on first start, so allow "
+            "that (or a proxy), or run with --skip-jvm."
+        ) from None
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
 
 
 def stop_session(engine: str, spark: "SparkSession") -> None:
@@ -493,20 +526,31 @@ def stop_session(engine: str, spark: "SparkSession") -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the medallion workload once, in this process.")
     parser.add_argument("--engine", choices=ENGINES, required=True)
-    parser.add_argument("--data", required=True, help="landing dir (or its parent)")
-    parser.add_argument("--out", required=True, help="scratch dir for the tables (emptied first)")
+    parser.add_argument("--data", help="landing dir (or its parent)")
+    parser.add_argument("--out", help="scratch dir for the tables (emptied first)")
+    parser.add_argument("--warm-up", action="store_true",
+                        help="only start and stop the engine (resolves JVM jars into the cache)")
     args = parser.parse_args(argv)
+    if not args.warm_up and not (args.data and args.out):
+        parser.error("--data and --out are required (unless --warm-up)")
 
     os.environ.setdefault("RUST_LOG", "error")
     process_started = time.perf_counter()
-    out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    spark = start_session(args.engine)
+    if not args.warm_up:
+        out = Path(args.out)
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+    from utils.session import EngineError
+
+    try:
+        spark = start_session(args.engine)
+    except (EngineUnavailable, EngineError) as err:
+        print(ERROR_PREFIX + str(err), file=sys.stderr, flush=True)
+        return 2
     session_s = time.perf_counter() - process_started
     try:
-        result = run_workload(spark, args.data, out,
-                              table_format="delta" if args.engine == "sail" else "parquet")
+        result = ({"warm_up": True} if args.warm_up
+                  else run_workload(spark, args.data, out, table_format="delta"))
     finally:
         stop_session(args.engine, spark)
     result.update(engine=args.engine, session_start_s=round(session_s, 3),
