@@ -1,5 +1,7 @@
 """The benchmark harness: the medallion workload's results on a hand-checkable landing zone
-(Sail only, a few seconds) and the process-tree memory sampler. No timing is asserted."""
+(Sail only, a few seconds), the process-tree memory sampler, the one-line error when JVM
+PySpark cannot start, and the report's wording (both engines write Delta). No timing is
+asserted."""
 
 from __future__ import annotations
 
@@ -202,3 +204,58 @@ def test_generator_runs_are_summarized_by_their_median():
     assert median_generator_record([failed]) is failed
     assert ("| vectorized_encounter_level_rows_per_s_all | 1,100,000, 900,000, 1,020,000 |"
             in render_generator(summary))
+
+
+def test_jvm_without_java_fails_with_one_actionable_line(tmp_path):
+    """No Java: the run exits 2 with one BENCH_ERROR line saying what to do (no JVM starts)."""
+    import os
+
+    from benchmarks.__main__ import error_line
+
+    env = {key: value for key, value in os.environ.items() if key != "JAVA_HOME"}
+    env["PATH"] = str(Path(sys.executable).parent)          # the venv's bin: no java there
+    run = run_sampled([sys.executable, "-m", "benchmarks.medallion", "--engine", "jvm",
+                       "--warm-up"], env=env, log_path=tmp_path / "no-java.log")
+    assert run.returncode == 2 and run.result is None
+    reason = error_line(run.output_tail)
+    assert reason is not None and "\n" not in reason
+    assert "Java 17" in reason and "--skip-jvm" in reason
+
+
+def _report(rows, ratios, warm_up):
+    return {
+        "started_at": "2026-12-02 13:00 UTC", "command": "python -m benchmarks", "elapsed_s": 1.0,
+        "machine": {"cpu_model": "cpu", "logical_cores": 2, "usable_cores": 2, "ram_gb": 1.0,
+                    "os": "Linux"},
+        "versions": {"pyspark": "4.2.0", "delta-spark": "4.4.0"},
+        "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [1.0, 1.0, 1.0],
+        "jvm_driver_memory": "Spark default (1g)", "jvm_warm_up": warm_up,
+        "medallion": {"rows": rows, "ratios": ratios},
+    }
+
+
+def test_report_says_both_engines_write_delta():
+    from benchmarks.__main__ import render_markdown, summarize
+
+    checksums = {"silver_encounters": 5}
+    runs = [{"engine": engine, "size": 100, "encounter_rows": 100, "ok": True, "wall_s": wall,
+             "cpu_s": wall, "peak_rss_mb": 500.0, "timed_out": False, "returncode": 0,
+             "result": {"checksums": checksums, "phases_s": {}, "session_start_s": 1.0}}
+            for engine, wall in (("sail", 2.0), ("jvm", 10.0))]
+    summary = summarize(runs)
+    assert summary["ratios"][100] == {"same_results": True, "jvm_over_sail": 5.0,
+                                      "jvm_over_sail_cpu": 5.0}
+    text = render_markdown(_report(summary["rows"], summary["ratios"],
+                                   {"ok": True, "wall_s": 21.5}))
+    assert "| medallion | JVM PySpark local[2], Delta | 100 |" in text
+    assert "| medallion | Sail, Delta | 100 |" in text
+    assert "parquet" not in text
+    assert "untimed JVM start came first (21.5 s)" in text
+
+
+def test_report_gives_the_reason_jvm_was_not_measured():
+    from benchmarks.__main__ import render_markdown
+
+    reason = "JVM PySpark needs Java 17 on PATH or JAVA_HOME ..., or run with --skip-jvm."
+    text = render_markdown(_report([], {}, {"ok": False, "wall_s": 0.5, "error": reason}))
+    assert f"JVM PySpark was not measured: {reason}" in text
