@@ -35,8 +35,9 @@ and is read back to check the stored schema.
 Sail notes (measured with pysail 0.7.2): ``from_csv`` ignores CSV quoting (``"a, b"`` is split
 in two) and fails the whole query when a line has fewer or more fields than the schema, so
 CSV lines are split with Python's ``csv`` module in a pandas UDF (the same RFC 4180 rules on
-every engine). ``from_json`` on malformed JSON returns a struct of NULLs, not NULL: a line
-is valid JSON when ``from_json(value, 'map<string,string>')`` is not NULL. A filter on a
+every engine). ``from_json`` on malformed JSON returns a struct of NULLs where Spark returns
+the fields it read before the error: :func:`parse_json` accepts exactly the lines both engines
+read alike, so silver's rows and quarantine reasons are the same on each. A filter on a
 column computed with a SQL lambda (``transform``, ``filter``, ``map_filter``, ``forall``,
 ``aggregate``) over a catalog table fails ("No field named bronze.<table>.<column>"), so no
 rule or parsed column uses one. ``cache()`` is a no-op (a cached frame is recomputed on every
@@ -391,20 +392,33 @@ def _json_extras_udf(known: tuple[str, ...]):
     return json_extras
 
 
+#: Spark's JSON reader also accepts single quotes and NaN/Infinity by default; Sail never does.
+_STRICT_JSON = {"allowSingleQuotes": "false", "allowNonNumericNumbers": "false"}
+
+
 def parse_json(bronze_df: "DataFrame", schema: str, top_level: Iterable[str]) -> "DataFrame":
     """Parse NDJSON lines with an explicit all-string schema into ``_json``.
 
-    ``_record_complete`` is true when the line is one JSON object (Sail's ``from_json`` gives a
-    struct of NULLs for broken JSON, so validity is checked with a ``map`` schema);
-    ``_rescued_data`` holds top-level keys the schema does not know.
+    A line is a record (``_record_complete``) only when it is **one complete JSON object**.
+    The engines disagree on any other line (measured, Spark 4.2 vs Sail 0.7.2): on a truncated
+    line, or one with trailing text (``{"a":1} x``), Spark's ``from_json`` returns the fields it
+    read before the error, Sail NULLs. So the line is parsed inside a sentinel object,
+    ``{"record": <line>, "complete": true}``: ``complete`` is read only if the parser got past
+    the whole line, and ``record`` is NULL unless the line is an object, on both engines. An
+    incomplete line gets a NULL ``_json`` (no partial fields), so it fails the same rules
+    everywhere. ``_rescued_data`` holds top-level keys the schema does not know.
     """
     from pyspark.sql import functions as F
 
-    as_map = F.from_json(F.col("value"), "map<string,string>")
+    wrapped = F.concat(F.lit('{"record":'), F.col("value"), F.lit(',"complete":true}'))
+    parsed = F.from_json(wrapped, f"record STRUCT<{schema}>, complete BOOLEAN", _STRICT_JSON)
+    complete = F.coalesce(parsed.complete & parsed.record.isNotNull(), F.lit(False))
     return _with_quality_flags(
-        bronze_df.withColumn("_json", F.from_json(F.col("value"), schema))
-        .withColumn("_record_complete", as_map.isNotNull())
-        .withColumn("_rescued_data", _json_extras_udf(tuple(top_level))(F.col("value"))))
+        bronze_df.withColumn("__parsed", parsed)
+        .withColumn("_record_complete", complete)
+        .withColumn("_json", F.when(F.col("_record_complete"), F.col("__parsed.record")))
+        .withColumn("_rescued_data", _json_extras_udf(tuple(top_level))(F.col("value")))
+        .drop("__parsed"))
 
 
 def _typed(raw: "Column", type_: str) -> "Column":
