@@ -36,8 +36,9 @@ Sail notes (measured with pysail 0.7.2): ``from_csv`` ignores CSV quoting (``"a,
 in two) and fails the whole query when a line has fewer or more fields than the schema, so
 CSV lines are split with Python's ``csv`` module in a pandas UDF (the same RFC 4180 rules on
 every engine). ``from_json`` on malformed JSON returns a struct of NULLs where Spark returns
-the fields it read before the error: :func:`parse_json` accepts exactly the lines both engines
-read alike, so silver's rows and quarantine reasons are the same on each. A filter on a
+the fields it read before the error, and ``try_cast`` accepts less text than Spark's:
+:func:`parse_json` and :func:`typed` accept exactly the lines and values both engines read
+alike, so silver's rows and quarantine reasons are the same on each. A filter on a
 column computed with a SQL lambda (``transform``, ``filter``, ``map_filter``, ``forall``,
 ``aggregate``) over a catalog table fails ("No field named bronze.<table>.<column>"), so no
 rule or parsed column uses one. ``cache()`` is a no-op (a cached frame is recomputed on every
@@ -421,8 +422,43 @@ def parse_json(bronze_df: "DataFrame", schema: str, top_level: Iterable[str]) ->
         .drop("__parsed"))
 
 
-def _typed(raw: "Column", type_: str) -> "Column":
-    return raw.try_cast(type_)
+#: The text a value must be (after trimming) to be cast; anything else is unparseable. Where
+#: the engines' ``try_cast`` disagree (measured, Spark 4.2 vs Sail 0.7.2) the format rejects
+#: the text on both: an exponent in a DECIMAL ('1e3': Spark 1000.00, Sail NULL), Java's '1d'
+#: and '1f' in a DOUBLE (Spark 1.0), non-ASCII digits (Spark reads '١٢' as 12), anything after
+#: the day in a DATE ('2025-01-03T08:15:00': Spark the date, Sail NULL). NaN and Infinity are
+#: not measurements; a time without a date would be read as today. Every other text is read
+#: alike by both (a one-digit day, '+1', '6.', time zones and fractions in a TIMESTAMP).
+_DECIMAL = r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)"
+_DATE = r"[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}"
+VALUE_FORMATS: dict[str, str] = {
+    "int": r"[+-]?[0-9]+",
+    "decimal(12,2)": _DECIMAL,                       # plain notation: 1234.50, no exponent
+    "double": _DECIMAL + r"([eE][+-]?[0-9]+)?",      # JSON numbers may carry an exponent
+    "date": _DATE,
+    "timestamp": _DATE + r"([T ][ -~]+)?",           # then a time, in printable ASCII
+}
+
+
+def matches(column: "Column", pattern: str) -> "Column":
+    """``column`` matches ``pattern`` as a whole.
+
+    Anchored with ``\\A``/``\\z``, not ``^``/``$``: Java's ``$`` also matches before a final line
+    break, so ``'1\\n'`` would match on Spark only.
+    """
+    return column.rlike(rf"\A(?:{pattern})\z")
+
+
+def typed(raw: "Column", type_: str) -> "Column":
+    """``raw`` cast to ``type_`` if it has the type's format (:data:`VALUE_FORMATS`), else NULL.
+
+    ``try_cast`` alone is not enough: the engines accept different text (see above), and a
+    value one engine types and the other does not would land in silver on one and in
+    quarantine (``<column>_parses``) on the other.
+    """
+    from pyspark.sql import functions as F
+
+    return F.when(matches(raw, VALUE_FORMATS[type_]), raw.try_cast(type_))
 
 
 def _finish(df: "DataFrame", typed: list["Column"]) -> "DataFrame":
@@ -446,7 +482,7 @@ def parse_facilities(bronze_df: "DataFrame") -> "DataFrame":
         standardize_code(r.facility_type).alias("facility_type"),
         r.city.alias("city"),
         F.upper(r.state).alias("state"),
-        _typed(r.staffed_beds, "int").alias("staffed_beds"),
+        typed(r.staffed_beds, "int").alias("staffed_beds"),
     ])
 
 
@@ -497,14 +533,14 @@ def parse_encounters(bronze_df: "DataFrame") -> "DataFrame":
         F.upper(r.facility_id).alias("facility_id"),
         r.provider_npi.alias("provider_npi"),
         standardize_code(r.encounter_class).alias("encounter_class"),
-        _typed(r.admit_ts, "timestamp").alias("admit_ts"),
-        _typed(r.discharge_ts, "timestamp").alias("discharge_ts"),
+        typed(r.admit_ts, "timestamp").alias("admit_ts"),
+        typed(r.discharge_ts, "timestamp").alias("discharge_ts"),
         standardize_code(r.admission_type).alias("admission_type"),
         standardize_code(r.admission_source).alias("admission_source"),
         standardize_code(r.discharge_disposition).alias("discharge_disposition"),
         F.upper(r.payer_id).alias("payer_id"),
         standardize_icd10(r.primary_dx).alias("primary_dx"),
-        _typed(r.total_charge, "decimal(12,2)").alias("total_charge"),
+        typed(r.total_charge, "decimal(12,2)").alias("total_charge"),
         F.when(secondary != "", secondary).alias("secondary_dx"),
     ])
 
@@ -541,11 +577,11 @@ def parse_lab_results(bronze_df: "DataFrame") -> "DataFrame":
         patient_key(reference_id(r.subject, "Patient")).alias("patient_key"),
         F.upper(reference_id(r.encounter, "Encounter")).alias("encounter_id"),
         r.loinc_code.alias("loinc_code"),
-        _typed(r.value, "double").alias("result_value"),
+        typed(r.value, "double").alias("result_value"),
         r.unit.alias("unit"),
-        _typed(r.ref_low, "double").alias("ref_low"),
-        _typed(r.ref_high, "double").alias("ref_high"),
-        _typed(r.collected_ts, "timestamp").alias("collected_ts"),
+        typed(r.ref_low, "double").alias("ref_low"),
+        typed(r.ref_high, "double").alias("ref_high"),
+        typed(r.collected_ts, "timestamp").alias("collected_ts"),
         F.lower(r.resource_type).alias("_resource_type"),
         F.when(r.subject.isNotNull() & reference_id(r.subject, "Patient").isNull(), F.lit(False))
         .otherwise(F.lit(True)).alias("_subject_is_patient"),
@@ -582,11 +618,11 @@ def parse_medications(bronze_df: "DataFrame") -> "DataFrame":
         F.upper(reference_id(r.encounter, "Encounter")).alias("encounter_id"),
         r.rxnorm_code.alias("rxnorm_code"),
         r.medication_name.alias("medication_name"),
-        _typed(r.dose_value, "double").alias("dose_value"),
+        typed(r.dose_value, "double").alias("dose_value"),
         r.dose_unit.alias("dose_unit"),
-        _typed(r.authored_ts, "timestamp").alias("authored_ts"),
-        _typed(r.start_date, "date").alias("start_date"),
-        _typed(r.end_date, "date").alias("end_date"),
+        typed(r.authored_ts, "timestamp").alias("authored_ts"),
+        typed(r.start_date, "date").alias("start_date"),
+        typed(r.end_date, "date").alias("end_date"),
         F.lower(r.resource_type).alias("_resource_type"),
     ])
 
@@ -601,19 +637,19 @@ def parse_claims(bronze_df: "DataFrame") -> "DataFrame":
     r = F.col("_raw")
     return _finish(df, [
         F.upper(r.claim_id).alias("claim_id"),
-        _typed(r.line_number, "int").alias("line_number"),
+        typed(r.line_number, "int").alias("line_number"),
         F.upper(r.encounter_id).alias("encounter_id"),
         patient_key(r.mrn).alias("patient_key"),
         F.upper(r.payer_id).alias("payer_id"),
-        _typed(r.service_date, "date").alias("service_date"),
+        typed(r.service_date, "date").alias("service_date"),
         F.upper(r.cpt_code).alias("cpt_code"),
-        _typed(r.units, "int").alias("units"),
-        _typed(r.billed_amount, "decimal(12,2)").alias("billed_amount"),
-        _typed(r.allowed_amount, "decimal(12,2)").alias("allowed_amount"),
-        _typed(r.paid_amount, "decimal(12,2)").alias("paid_amount"),
+        typed(r.units, "int").alias("units"),
+        typed(r.billed_amount, "decimal(12,2)").alias("billed_amount"),
+        typed(r.allowed_amount, "decimal(12,2)").alias("allowed_amount"),
+        typed(r.paid_amount, "decimal(12,2)").alias("paid_amount"),
         standardize_code(r.claim_status).alias("claim_status"),
         r.denial_reason.alias("denial_reason"),
-        _typed(r.adjudication_date, "date").alias("adjudication_date"),
+        typed(r.adjudication_date, "date").alias("adjudication_date"),
     ])
 
 
