@@ -202,12 +202,14 @@ def standardize_icd10(column: "Column | str") -> "Column":
 def standardize_icd10_list(column: "Column | str") -> "Column":
     """A '|'-separated list of ICD-10-CM codes, each standardized: ``'i10| e1165'`` -> ``I10|E11.65``.
 
-    Regular expressions rather than ``transform`` (see :func:`_csv_record_udf` for why).
+    Regular expressions rather than ``transform`` (see :func:`_csv_record_udf` for why). The
+    blanks removed are ASCII whitespace spelled out: ``\\s`` also matches a no-break space in
+    Sail's (Rust) regular expressions, not in Java's.
     """
     from pyspark.sql import functions as F
 
     col = F.col(column) if isinstance(column, str) else column
-    bare = F.upper(F.regexp_replace(col, r"[\s.]", ""))
+    bare = F.upper(F.regexp_replace(col, r"[ \t\n\r\f\x0B.]", ""))
     dotted = F.regexp_replace(bare, r"(^|\|)([A-Z0-9]{3})([A-Z0-9]+)", "$1$2.$3")
     tidy = F.regexp_replace(F.regexp_replace(dotted, r"\|+", "|"), r"^\||\|$", "")
     return F.when(tidy != "", tidy)
@@ -241,7 +243,9 @@ def npi_luhn_sql(column: str) -> str:
         digit = f"try_cast(substring({column}, {j}, 1) AS INT)"
         terms.append(f"try_cast(substring('0246813579', {digit} + 1, 1) AS INT)" if j % 2 == 1
                      else digit)
-    return f"({column} RLIKE '^[0-9]{{10}}$' AND ({' + '.join(terms)}) % 10 = 0)"
+    # length = 10 as well: Java's $ also matches before a final line break ('1234567893\n')
+    return (f"({column} RLIKE '^[0-9]{{10}}$' AND length({column}) = 10 "
+            f"AND ({' + '.join(terms)}) % 10 = 0)")
 
 
 def npi_is_valid(npi: str) -> bool:
@@ -967,7 +971,8 @@ def facilities_expectations() -> list[Expectation]:
         Expectation("staffed_beds_not_null", "staffed_beds IS NOT NULL", "drop"),
         Expectation("staffed_beds_not_negative", "staffed_beds IS NULL OR staffed_beds >= 0",
                     "drop"),
-        Expectation("state_two_letters", "state IS NULL OR state RLIKE '^[A-Z]{2}$'", "warn"),
+        Expectation("state_two_letters",
+                    "state IS NULL OR (state RLIKE '^[A-Z]{2}$' AND length(state) = 2)", "warn"),
     ]
 
 
