@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "create_auto_cdc_flow",
     "create_auto_cdc_table",
+    "define_scd2_fallback",
     "enforce_expectations",
     "expect",
     "expect_all",
@@ -276,8 +277,23 @@ def create_auto_cdc_table(name: str, *, source: str, keys: list[str], sequence_b
                              stored_as_scd_type=stored_as_scd_type)
         return
 
+    define_scd2_fallback(name, source=source, keys=keys, sequence_by=sequence_by,
+                         apply_as_deletes=apply_as_deletes, column_list=column_list,
+                         except_column_list=except_column_list, comment=comment)
+
+
+def define_scd2_fallback(name: str, *, source: str, keys: list[str], sequence_by: Any,
+                         apply_as_deletes: Any = None, column_list: list[str] | None = None,
+                         except_column_list: list[str] | None = None,
+                         comment: str | None = None,
+                         sequence_fields: list[str] | None = None) -> None:
+    """The OSS definition of an SCD type 2 AUTO CDC target (see :func:`create_auto_cdc_table`):
+    the streaming table ``<name>_changes`` of every change event and the materialized view
+    ``name`` of :func:`scd2_versions` over it. Public so that the tests can run it where the
+    native path also runs (the local runner) and compare both."""
     from pyspark.sql import SparkSession
 
+    dp = _dp()
     changes = f"{name}{CHANGES_SUFFIX}"
 
     @dp.table(name=changes, comment=f"Every change event of {source} (SCD2 fallback of {name})")
@@ -287,7 +303,8 @@ def create_auto_cdc_table(name: str, *, source: str, keys: list[str], sequence_b
     @dp.materialized_view(name=name, comment=comment)
     def scd2_history() -> "DataFrame":
         return scd2_versions(SparkSession.active().read.table(changes), keys, sequence_by,
-                             apply_as_deletes, column_list, except_column_list)
+                             apply_as_deletes, column_list, except_column_list,
+                             sequence_fields)
 
 
 def _as_column(value: Any) -> "Column":
@@ -297,9 +314,11 @@ def _as_column(value: Any) -> "Column":
     return value if isinstance(value, Column) else F.expr(str(value))
 
 
+
 def scd2_versions(events: "DataFrame", keys: list[str], sequence_by: Any,
                   apply_as_deletes: Any = None, column_list: list[str] | None = None,
-                  except_column_list: list[str] | None = None) -> "DataFrame":
+                  except_column_list: list[str] | None = None,
+                  sequence_fields: list[str] | None = None) -> "DataFrame":
     """Change events -> the SCD type 2 rows AUTO CDC stores, as a pure DataFrame function.
 
     Per key, events are ordered by ``sequence_by``; the same event delivered twice (same keys
@@ -308,27 +327,26 @@ def scd2_versions(events: "DataFrame", keys: list[str], sequence_by: Any,
     = its sequence value, ``__END_AT`` = the next event's (NULL while current). A delete opens
     nothing and so closes the version before it. These are the rules of the local runner's
     AUTO CDC (:mod:`utils.pipelines.autocdc`) and of Databricks' ``stored_as_scd_type=2``.
+
+    The plan is built without asking the engine for a schema (the official pipelines CLI
+    refuses analysis inside a query function): columns are dropped, not listed, and a struct
+    sequence is ordered as a struct unless ``sequence_fields`` names its fields (engines that
+    cannot order a window by a struct, such as Sail, need them).
     """
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StructType
 
     seq, is_delete = "__seq", "__is_delete"
     delete_flag = (F.coalesce(_as_column(apply_as_deletes).cast("boolean"), F.lit(False))
                    if apply_as_deletes is not None else F.lit(False))
-    if column_list:
-        columns = list(column_list)
-    else:
-        excluded = set(except_column_list or [])
-        columns = [c for c in events.columns if c not in excluded]
     staged = (events.select("*", _as_column(sequence_by).alias(seq), delete_flag.alias(is_delete))
               .dropDuplicates([*keys, seq]))
-    seq_type = staged.schema[seq].dataType
-    # Sail cannot order a window by a struct: order by its fields instead (same order)
-    order = ([F.col(f"{seq}.`{f.name}`") for f in seq_type.fields]
-             if isinstance(seq_type, StructType) else [F.col(seq)])
+    order = [F.col(f"{seq}.`{f}`") for f in sequence_fields] if sequence_fields else [F.col(seq)]
     by_key = Window.partitionBy(*keys).orderBy(*order)
-    return (staged.withColumn("__END_AT", F.lead(seq).over(by_key))
-            .filter(~F.col(is_delete))
-            .select(*[F.col(f"`{c}`") for c in columns], F.col(seq).alias("__START_AT"),
-                    F.col("__END_AT")))
+    versions = (staged.withColumn("__END_AT", F.lead(seq).over(by_key))
+                .filter(~F.col(is_delete)))
+    if column_list:
+        return versions.select(*[F.col(f"`{c}`") for c in column_list],
+                               F.col(seq).alias("__START_AT"), F.col("__END_AT"))
+    return (versions.drop(*(except_column_list or []), is_delete)
+            .withColumnRenamed(seq, "__START_AT"))

@@ -84,7 +84,12 @@ def _split_file_udf():
 
         return split_lines(bytes(content)) if content is not None else []
 
-    return F.udf(split, "array<struct<text:string,raw:string>>")
+    # a DataType, not a DDL string: a DDL string is parsed by the server, an analysis request
+    # the official pipelines CLI refuses inside a query function
+    from pyspark.sql.types import ArrayType, StringType, StructField, StructType
+
+    line = StructType([StructField("text", StringType()), StructField("raw", StringType())])
+    return F.udf(split, ArrayType(line))
 
 
 def bronze_lines(files: "DataFrame", source: str, fmt: str) -> "DataFrame":

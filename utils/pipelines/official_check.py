@@ -1,0 +1,422 @@
+"""``python -m utils.pipelines.official_check``: the official CLI runs the course pipeline too.
+
+The course's declarative pipeline (``notebooks/pipeline/``) runs on the embedded engine through
+the course's own runner (``python -m utils.pipelines``). This check runs the *same source files,
+unchanged*, with the open-source ``spark-pipelines`` CLI of the pyspark wheel on JVM Spark with
+Delta Lake, and proves both give the same gold tables, row for row:
+
+1. generate the default dataset into the data folder (``$COURSE_DATA_DIR``) if it has none;
+2. run the local runner on Sail (``python -m utils.pipelines full-refresh notebooks/pipeline``);
+3. run ``spark-pipelines run --spec <copy of notebooks/pipeline/spark-pipeline.yml>`` in
+   ``<data root>/pipelines/official/run/`` (wiped first), against a Spark Connect server it
+   starts on a free port (``--remote``); Delta comes from a ``spark-defaults.conf`` in
+   ``$SPARK_CONF_DIR`` there (``spark.jars.packages`` = delta-spark from Maven Central, the SQL
+   extension and the Delta catalog, the warehouse folder), the ordinary Spark way: the CLI's
+   ``--packages``/``--conf`` do not reach the JVM that runs the pipeline (measured), and the
+   spec's ``configuration`` is re-applied to every flow, where static confs fail;
+4. read both runs' gold Delta tables with ``deltalake`` (no JVM), sort them, compare.
+
+Prints one screen (stages with their time, every gold table with both row counts and
+equal/different) and exits 0 only when every gold table is equal; 1 when one differs or a run
+fails, 2 when a prerequisite is missing (Java, Maven Central), with one line saying what to do.
+Each run's full output is kept in ``<data root>/pipelines/official/*.log``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from utils.config import REPO_ROOT, get_config
+
+PIPELINE_DIR = REPO_ROOT / "notebooks" / "pipeline"
+OFFICIAL_SPEC = PIPELINE_DIR / "spark-pipeline.yml"
+MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
+DELTA_CLASSES = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+class CheckError(RuntimeError):
+    """A prerequisite is missing or a stage failed: the message is the one line to print."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Stage:
+    name: str
+    seconds: float = 0.0
+    note: str = ""
+
+
+@dataclass
+class Report:
+    data_root: Path
+    stages: list[Stage] = field(default_factory=list)
+    tables: list[tuple[str, int | None, int | None, str]] = field(default_factory=list)
+
+    @property
+    def equal(self) -> bool:
+        return bool(self.tables) and all(result == "equal" for *_, result in self.tables)
+
+    def lines(self) -> list[str]:
+        out = [f"official spark-pipelines check, data folder {self.data_root}", "",
+               f"{'stage':<40} {'seconds':>8}  note"]
+        out += [f"{s.name:<40} {s.seconds:8.1f}  {s.note}".rstrip() for s in self.stages]
+        if self.tables:
+            out += ["", f"{'gold table':<32} {'local runner':>12} {'spark-pipelines':>15}  result"]
+            out += [f"{name:<32} {_n(a):>12} {_n(b):>15}  {result}"
+                    for name, a, b, result in self.tables]
+            same = sum(1 for *_, r in self.tables if r == "equal")
+            out += ["", f"{'OK' if self.equal else 'DIFFERENT'}: {same} of {len(self.tables)} "
+                        "gold tables equal row for row"]
+        return out
+
+
+def _n(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+# ----- prerequisites ---------------------------------------------------------------------------
+def delta_package() -> str:
+    """The delta-spark Maven coordinate matching the installed pyspark and delta-spark wheels
+    (the same rule as ``delta.configure_spark_with_delta_pip``)."""
+    from importlib.metadata import version
+
+    import pyspark
+
+    spark = ".".join(pyspark.__version__.split(".")[:2])
+    return f"io.delta:delta-spark_{spark}_2.13:{version('delta-spark')}"
+
+
+def spark_pipelines_command() -> Path:
+    """The ``spark-pipelines`` launcher: the venv's, else the one inside the pyspark package."""
+    beside = Path(sys.executable).parent / "spark-pipelines"
+    if beside.exists():
+        return beside
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "bin" / "spark-pipelines"
+
+
+def _ivy_jar(package: str) -> Path | None:
+    group, artifact, ver = package.split(":")
+    for ivy in sorted(Path.home().glob(".ivy2*")):
+        jar = ivy / "jars" / f"{group}_{artifact}-{ver}.jar"
+        if jar.exists():
+            return jar
+    return None
+
+
+def check_prerequisites(package: str) -> str:
+    """Java 17+ on PATH/JAVA_HOME, the CLI, and the Delta jars (cached, or Maven Central
+    reachable). Returns a short note; raises :class:`CheckError` (code 2) with the fix."""
+    from utils.session import java_version
+
+    java = java_version()
+    if java is None:
+        raise CheckError("No Java found: spark-pipelines runs on the JVM; install Java 17 "
+                         "(Debian/Ubuntu: apt install openjdk-17-jre; conda: conda install "
+                         "openjdk=17) or set JAVA_HOME.", 2)
+    match = re.search(r'version "(\d+)', java)
+    if match and int(match.group(1)) < 17:
+        raise CheckError(f"Java 17 or newer is needed, found: {java}", 2)
+    if not spark_pipelines_command().exists():
+        raise CheckError("spark-pipelines not found: it ships with pyspark >= 4.1; reinstall "
+                         "the course environment (make install).", 2)
+    if _ivy_jar(package):
+        return f"{java}; {package} cached"
+    group, artifact, ver = package.split(":")
+    url = f"{MAVEN_CENTRAL}/{group.replace('.', '/')}/{artifact}/{ver}/{artifact}-{ver}.pom"
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=15):
+            pass
+    except urllib.error.HTTPError as err:
+        raise CheckError(f"Maven Central has no {package} (HTTP {err.code}): install a "
+                         "delta-spark wheel whose jars are published.", 2) from None
+    except (urllib.error.URLError, OSError) as err:
+        raise CheckError(f"Cannot reach Maven Central ({getattr(err, 'reason', err)}): the "
+                         f"first run downloads {package}; allow HTTPS to repo1.maven.org or "
+                         "run once where it is reachable (the jars are then cached in ~/.ivy2*).",
+                         2) from None
+    return f"{java}; {package} from Maven Central"
+
+
+# ----- stages ------------------------------------------------------------------------------------
+def _course_env(data_root: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SPARK_REMOTE", "COURSE_ENGINE", "PYSPARK_SUBMIT_ARGS")}
+    env["COURSE_DATA_DIR"] = str(data_root)
+    return env
+
+
+def _run(command: list[str], log: Path, env: dict[str, str], cwd: Path | None = None,
+         timeout: float = 3600) -> subprocess.CompletedProcess:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w", encoding="utf-8") as out:
+        try:
+            return subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                  cwd=cwd, timeout=timeout, check=False)
+        except subprocess.TimeoutExpired:
+            raise CheckError(f"{Path(command[0]).name} did not finish in {timeout:.0f} s; "
+                             f"see {log}") from None
+
+
+def _last_error(log: Path) -> str:
+    """The line of ``log`` that says what failed (a Python exception's last line, else the
+    last line naming an error), shortened."""
+    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace")
+             .splitlines() if line.strip()]
+    patterns = (r"^[\w.]+(Error|Exception): ", r"unresolved dependency", r"Error: ",
+                r"(ERROR|Exception)")
+    for pattern in patterns:
+        found = [line for line in lines if re.search(pattern, line)]
+        if found:
+            return found[-1][:300]
+    return lines[-1][:300] if lines else "(no output)"
+
+
+def generate_data(data_root: Path, stage: Stage) -> None:
+    manifest = data_root / "landing" / "_manifest.json"
+    if manifest.exists():
+        stage.note = "present (not regenerated)"
+        return
+    log = data_root / "pipelines" / "official" / "generate.log"
+    done = _run([sys.executable, "-m", "data_generator", "--default", "--no-progress"], log,
+                _course_env(data_root))
+    if done.returncode != 0:
+        raise CheckError(f"data generation failed: {_last_error(log)} (see {log})")
+    stage.note = "default dataset generated"
+
+
+def run_local(data_root: Path, log: Path, stage: Stage) -> None:
+    done = _run([sys.executable, "-m", "utils.pipelines", "full-refresh", str(PIPELINE_DIR)],
+                log, _course_env(data_root), cwd=REPO_ROOT)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    flows = len(re.findall(r"\] \S+ .* COMPLETED", text))
+    if done.returncode != 0:
+        raise CheckError(f"local runner failed: {_last_error(log)} (see {log})")
+    stage.note = f"{flows} flows COMPLETED"
+
+
+def official_spec_text(folder: Path, storage: Path) -> str:
+    """``notebooks/pipeline/spark-pipeline.yml`` for a run in ``folder``: ``storage`` set (the
+    CLI needs an absolute URI) and each library glob made relative to ``folder`` (the CLI
+    resolves globs from the spec file's folder), everything else as written."""
+    import yaml
+
+    spec = yaml.safe_load(OFFICIAL_SPEC.read_text(encoding="utf-8"))
+    spec["storage"] = storage.resolve().as_uri()
+    for entry in spec.get("libraries", []):
+        source = (PIPELINE_DIR / entry["glob"]["include"]).resolve()
+        entry["glob"]["include"] = os.path.relpath(source, folder.resolve())
+    header = f"# generated from {OFFICIAL_SPEC} by utils.pipelines.official_check\n"
+    return header + yaml.safe_dump(spec, sort_keys=False)
+
+
+def spark_defaults(package: str, warehouse: Path) -> dict[str, str]:
+    """The engine configuration of the CLI's JVM: Delta and where its tables go."""
+    return {
+        "spark.jars.packages": package,
+        **DELTA_CLASSES,
+        "spark.sql.sources.default": "delta",
+        "spark.sql.warehouse.dir": str(warehouse.resolve()),
+        "spark.sql.shuffle.partitions": "4",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.session.timeZone": "UTC",
+    }
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spark_submit_command() -> Path:
+    return spark_pipelines_command().with_name("spark-submit")
+
+
+@contextmanager
+def connect_server(env: dict[str, str], cwd: Path, log: Path,
+                   timeout: float = 300) -> Iterator[str]:
+    """A Spark Connect server (JVM Spark with ``$SPARK_CONF_DIR``'s Delta conf) on a free port
+    of 127.0.0.1, for the ``with`` block; yields its ``sc://`` URL, then stops it.
+
+    ``spark-pipelines`` without ``--remote`` starts its own server on the fixed port 15002 and
+    fails when another Spark Connect server (or a second check) holds it; a server of our own
+    on a free port avoids that.
+    """
+    port = free_port()
+    command = [str(spark_submit_command()), "--class",
+               "org.apache.spark.sql.connect.service.SparkConnectServer",
+               "--conf", f"spark.connect.grpc.binding.port={port}",
+               "--conf", "spark.connect.grpc.binding.address=127.0.0.1"]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    out = log.open("w", encoding="utf-8")
+    server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while "Spark Connect server started" not in log.read_text(errors="replace"):
+            if server.poll() is not None:
+                text = log.read_text(errors="replace")
+                if re.search(r"unresolved dependency|resolution failed|UnknownHost", text):
+                    raise CheckError("The Spark Connect server could not download the Delta "
+                                     f"jars from Maven Central: {_last_error(log)} (see {log})", 2)
+                raise CheckError(f"The Spark Connect server did not start: {_last_error(log)} "
+                                 f"(see {log})", 2)
+            if time.monotonic() > deadline:
+                raise CheckError(f"The Spark Connect server did not start in {timeout:.0f} s "
+                                 f"(see {log})", 2)
+            time.sleep(1)
+        yield f"sc://127.0.0.1:{port}"
+    finally:
+        if server.poll() is None:
+            server.terminate()          # the JVM itself: spark-class execs java
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        out.close()
+
+
+def run_official(data_root: Path, folder: Path, package: str, stage: Stage) -> Path:
+    """Run ``spark-pipelines`` for a copy of the official spec in ``folder``/run (recreated),
+    against a Connect server of our own; return the warehouse folder holding its tables."""
+    shutil.rmtree(folder / "run", ignore_errors=True)
+    run_dir = folder / "run"
+    conf_dir, warehouse = run_dir / "conf", run_dir / "warehouse"
+    conf_dir.mkdir(parents=True)
+    (conf_dir / "spark-defaults.conf").write_text(
+        "".join(f"{k} {v}\n" for k, v in spark_defaults(package, warehouse).items()))
+    spec = run_dir / "spark-pipeline.yml"
+    spec.write_text(official_spec_text(run_dir, run_dir / "storage"))
+    env = _course_env(data_root)
+    env.update(SPARK_CONF_DIR=str(conf_dir), PYSPARK_PYTHON=sys.executable,
+               PYSPARK_DRIVER_PYTHON=sys.executable)
+    log = folder / "spark-pipelines.log"
+    with connect_server(env, run_dir, folder / "connect-server.log") as remote:
+        done = _run([str(spark_pipelines_command()), "run", "--remote", remote, "--spec",
+                     str(spec)], log, env, cwd=run_dir)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    completed = set(re.findall(r"Flow '?([\w.`]+)'? has COMPLETED", text))
+    failed = set(re.findall(r"Flow '?([\w.`]+)'? has FAILED", text))
+    if done.returncode != 0 or failed:
+        raise CheckError(f"spark-pipelines failed ({len(failed)} flow(s) FAILED): "
+                         f"{_last_error(log)} (see {log})")
+    stage.note = f"{len(completed)} flows COMPLETED"
+    return warehouse
+
+
+# ----- comparison --------------------------------------------------------------------------------
+def read_delta(path: Path):
+    """A Delta table as a pandas DataFrame, rows sorted by every column (NULLs last)."""
+    from deltalake import DeltaTable
+
+    frame = DeltaTable(str(path)).to_pandas()
+    if len(frame.columns):
+        frame = frame.sort_values(list(frame.columns), na_position="last", kind="mergesort")
+    return frame.reset_index(drop=True)
+
+
+def compare_tables(local: Path, official: Path) -> tuple[int | None, int | None, str]:
+    """(local rows, official rows, ``equal`` or what differs)."""
+    import pandas as pd
+
+    if not local.exists() or not official.exists():
+        missing = "local" if not local.exists() else "spark-pipelines"
+        return (None, None, f"missing in the {missing} run")
+    a, b = read_delta(local), read_delta(official)
+    if list(a.columns) != list(b.columns):
+        return (len(a), len(b), f"columns differ: {list(a.columns)} vs {list(b.columns)}")
+    if len(a) != len(b):
+        return (len(a), len(b), "row counts differ")
+    try:
+        pd.testing.assert_frame_equal(a, b, check_dtype=False, check_exact=True)
+    except AssertionError as err:
+        detail = " ".join(str(err).split())
+        return (len(a), len(b), f"values differ: {detail[:160]}")
+    return (len(a), len(b), "equal")
+
+
+def gold_tables() -> list[str]:
+    from utils import gold
+
+    return [f"gold_{name}" for name in gold.gold_tables()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.pipelines.official_check",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="data root (default: $COURSE_DATA_DIR, else data/)")
+    args = parser.parse_args(argv)
+    data_root = (args.data_dir or get_config().data_root).resolve()
+    os.environ["COURSE_DATA_DIR"] = str(data_root)
+    folder = data_root / "pipelines" / "official"
+    report = Report(data_root)
+    try:
+        stage = Stage("0 prerequisites (Java, CLI, Delta jars)")
+        report.stages.append(stage)
+        started = time.perf_counter()
+        package = delta_package()
+        stage.note = check_prerequisites(package)
+        stage.seconds = time.perf_counter() - started
+
+        for name, action in (("1 default dataset", lambda s: generate_data(data_root, s)),
+                             ("2 local runner on Sail",
+                              lambda s: run_local(data_root, folder / "local-runner.log", s))):
+            stage = Stage(name)
+            report.stages.append(stage)
+            started = time.perf_counter()
+            action(stage)
+            stage.seconds = time.perf_counter() - started
+
+        stage = Stage("3 spark-pipelines on JVM Spark + Delta")
+        report.stages.append(stage)
+        started = time.perf_counter()
+        warehouse = run_official(data_root, folder, package, stage)
+        stage.seconds = time.perf_counter() - started
+
+        stage = Stage("4 compare gold tables (deltalake)")
+        report.stages.append(stage)
+        started = time.perf_counter()
+        from utils.pipelines.spec import load_spec
+
+        local = load_spec(PIPELINE_DIR)
+        for table in gold_tables():
+            report.tables.append((table, *compare_tables(local.table_path(local.schema, table),
+                                                         warehouse / table)))
+        stage.seconds = time.perf_counter() - started
+    except CheckError as err:
+        report.stages[-1].seconds = time.perf_counter() - started
+        report.stages[-1].note = "FAILED"
+        print("\n".join(report.lines()))
+        print(f"\nerror: {err}", file=sys.stderr)
+        return err.code
+    print("\n".join(report.lines()))
+    return 0 if report.equal else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
