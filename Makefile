@@ -100,3 +100,6 @@ reset: ## Remove generated data, tables and figures so a room can start over (ke
 clean: ## Remove .venv, caches and executed notebook copies (keeps data/)
 	rm -rf $(VENV) .pytest_cache build *.egg-info data/executed
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+pipeline-spark: $(STAMP) ## Run notebooks/pipeline with the official spark-pipelines CLI on JVM Spark + Delta; gold must equal the local runner's
+	COURSE_DATA_DIR=$(TEST_DATA_DIR)-spark $(PY) -m utils.pipelines.official_check; rc=$$?; rm -rf $(TEST_DATA_DIR)-spark; exit $$rc
