@@ -520,7 +520,7 @@ def test_codes_and_coded_values_are_valid_in_clean_rows(parsed, landing):
                                          loinc.loc[v["code"], "ref_high"])
     for name in ("icd10cm", "loinc", "rxnorm", "cpt"):
         table = load_code_table(name)
-        assert code_table_path(name).exists() and table["code"].is_unique
+        assert code_table_path(name).is_file() and table["code"].is_unique
     icd = load_code_table("icd10cm")
     assert icd["code"].str.fullmatch(r"[A-Z][0-9][0-9A-Z](\.[0-9A-Z]{1,4})?").all()
     assert set(icd["chronic_condition"].dropna()) >= {"diabetes", "heart_failure", "copd"}

@@ -142,3 +142,17 @@ def test_the_shipped_package_holds_the_course_modules_and_data_files():
 ])
 def test_table_locations_become_plain_paths_on_every_engine(location, path):
     assert local_location(location) == path
+
+
+def test_the_shipped_package_runs_from_its_zip_data_files_included():
+    """What a cluster's Python worker does: import the course from the zip alone (no
+    repository, no editable install first on the path) and read its contract and code tables."""
+    code = (f"import sys; sys.path.insert(0, {course_package_zip()!r})\n"
+            "import utils.bronze, utils.silver, data_generator.codes as codes\n"
+            "assert '.zip' in utils.bronze.__file__, utils.bronze.__file__\n"
+            "print(len(utils.bronze.ENTITY_SPECS), len(codes.load_code_table('loinc')))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd="/")
+    assert out.returncode == 0, out.stderr
+    entities, loinc_codes = map(int, out.stdout.split())
+    assert entities == 8 and loinc_codes > 10

@@ -4,19 +4,19 @@ entities, columns, types, keys, accepted values and planted defect types."""
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Any
-
-CONTRACTS_PATH = Path(__file__).with_name("contracts.yml")
 
 
 @lru_cache(maxsize=1)
 def load_contracts() -> dict[str, Any]:
-    """The parsed contract (cached: it never changes while a process runs)."""
+    """The parsed contract (cached: it never changes while a process runs).
+
+    Read as package data, not by file path: on a Spark cluster the course package reaches the
+    workers as a zip (``utils.session.ship_course_package``), where no file path exists."""
     import yaml
 
-    with CONTRACTS_PATH.open(encoding="utf-8") as handle:
-        return yaml.safe_load(handle)
+    return yaml.safe_load(resources.files("utils").joinpath("contracts.yml").read_text(encoding="utf-8"))
 
 
 def landing_sources() -> dict[str, dict[str, Any]]:

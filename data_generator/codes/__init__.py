@@ -7,19 +7,20 @@ the real code systems, enough for a course: a code outside the table is "unknown
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
+from importlib.abc import Traversable
 
 import pandas as pd
 
-CODES_DIR = Path(__file__).resolve().parent
 CODE_TABLES: tuple[str, ...] = ("icd10cm", "loinc", "rxnorm", "cpt")
 
 
-def code_table_path(name: str) -> Path:
-    """Path of a code table CSV (``icd10cm``, ``loinc``, ``rxnorm`` or ``cpt``)."""
+def code_table_path(name: str) -> Traversable:
+    """The code table CSV (``icd10cm``, ``loinc``, ``rxnorm`` or ``cpt``), as package data: a
+    file here, a member of the zip the course package is shipped as to a Spark cluster."""
     if name not in CODE_TABLES:
         raise ValueError(f"Unknown code table {name!r}: expected one of {', '.join(CODE_TABLES)}")
-    return CODES_DIR / f"{name}.csv"
+    return resources.files(__package__).joinpath(f"{name}.csv")
 
 
 @lru_cache(maxsize=None)
@@ -28,8 +29,9 @@ def _load(name: str) -> pd.DataFrame:
     string_columns = {"code": str, "description": str, "name": str, "chronic_condition": str,
                       "unit": str, "dose_unit": str, "frequency": str, "indication": str,
                       "code_type": str}
-    return pd.read_csv(code_table_path(name), dtype=string_columns, keep_default_na=False,
-                       na_values={"chronic_condition": [""]})
+    with code_table_path(name).open("rb") as handle:
+        return pd.read_csv(handle, dtype=string_columns, keep_default_na=False,
+                           na_values={"chronic_condition": [""]})
 
 
 def load_code_table(name: str) -> pd.DataFrame:
