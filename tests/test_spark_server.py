@@ -75,12 +75,23 @@ def test_failures_are_explained_in_one_line(tmp_path, log, expected):
     assert spark_server._explain_failure(path).startswith(expected)
 
 
+def _wait_until(condition, timeout: float = 30) -> None:
+    """A just-started child shows its command line a moment later on a busy machine."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition never held"
+        time.sleep(0.05)
+
+
 def test_stop_signals_only_the_pid_that_still_runs_its_class(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "MarkerClass"])
     try:
         mine = SparkProcess("connect", "MarkerClass", child.pid, 0, "")
         reused = SparkProcess("connect", "org.apache.spark.SomethingElse", child.pid, 0, "")
-        assert mine.running() and not reused.running()
+        _wait_until(mine.running)
+        assert not reused.running()
         reused.stop()          # the PID runs another program: left alone
         assert child.poll() is None
         mine.stop(timeout=10)
@@ -95,6 +106,7 @@ def test_stop_reads_the_state_another_process_wrote(tmp_path):
     try:
         first = SparkServices(tmp_path)
         first.processes = [SparkProcess("master", "MarkerClass", child.pid, 1, "")]
+        _wait_until(first.processes[0].running)
         first._save()
         assert SparkServices(tmp_path).stop() == ["master"]
         assert child.wait(timeout=10) == -15
@@ -156,3 +168,31 @@ def test_the_shipped_package_runs_from_its_zip_data_files_included():
     assert out.returncode == 0, out.stderr
     entities, loinc_codes = map(int, out.stdout.split())
     assert entities == 8 and loinc_codes > 10
+
+
+def test_run_stops_what_it_started_when_it_is_terminated(tmp_path):
+    """`run` under a CI time-out: SIGTERM to it must still stop its processes (by PID)."""
+    import json
+    import signal
+    import time
+
+    script = (
+        "import subprocess, sys, time\n"
+        "from utils.spark_server import SparkProcess, SparkServices, _run\n"
+        f"services = SparkServices({str(tmp_path)!r})\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', 'MarkerClass'])\n"
+        "services.processes = [SparkProcess('connect', 'MarkerClass', child.pid, 1, '')]\n"
+        "services._save()\n"
+        "services.start = lambda **_: 'sc://127.0.0.1:1'\n"
+        "sys.exit(_run(services, False, [sys.executable, '-c', 'import time; time.sleep(120)'], None))\n"
+    )
+    runner = subprocess.Popen([sys.executable, "-c", script])
+    state = tmp_path / "processes.json"
+    deadline = time.monotonic() + 60
+    while not state.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pid = json.loads(state.read_text())[0]["pid"]
+    time.sleep(1)  # let it reach the command
+    runner.send_signal(signal.SIGTERM)
+    assert runner.wait(timeout=60) == 143
+    assert not SparkProcess("connect", "MarkerClass", pid, 1, "").running()

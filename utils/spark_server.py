@@ -344,6 +344,8 @@ def _run(services: SparkServices, cluster: bool, command: list[str], timezone: s
     """Start, run ``command`` with ``SPARK_REMOTE`` set, stop; the command's exit code."""
     if not command:
         raise SparkServiceError("Nothing to run: give a command after `--`.")
+    # a CI time-out or `kill` sends SIGTERM: exit through `finally`, so the JVMs stop too
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.monotonic()
     url = services.start(cluster=cluster, timezone=timezone)
     print(f"Spark Connect server with Delta at {url}"
