@@ -329,7 +329,7 @@ def scd2_versions(events: "DataFrame", keys: list[str], sequence_by: Any,
     AUTO CDC (:mod:`utils.pipelines.autocdc`) and of Databricks' ``stored_as_scd_type=2``.
 
     The plan is built without asking the engine for a schema (the official pipelines CLI
-    refuses analysis inside a query function): columns are dropped, not listed, and a struct
+    refuses analysis inside a query function): columns are removed, not listed, and a struct
     sequence is ordered as a struct unless ``sequence_fields`` names its fields (engines that
     cannot order a window by a struct, such as Sail, need them).
     """
@@ -348,5 +348,9 @@ def scd2_versions(events: "DataFrame", keys: list[str], sequence_by: Any,
     if column_list:
         return versions.select(*[F.col(f"`{c}`") for c in column_list],
                                F.col(seq).alias("__START_AT"), F.col("__END_AT"))
-    return (versions.drop(*(except_column_list or []), is_delete)
-            .withColumnRenamed(seq, "__START_AT"))
+    # every column but the excluded ones, without listing them: a struct of all columns minus
+    # fields (``DataFrame.drop`` would not do: a Spark Connect server analyses its input
+    # eagerly, and in the pipelines CLI the input table does not exist yet when it is defined)
+    row = F.struct("*").dropFields(*(except_column_list or []), seq, is_delete, "__END_AT")
+    return (versions.select(row.alias("__row"), F.col(seq).alias("__START_AT"), "__END_AT")
+            .select("__row.*", "__START_AT", "__END_AT"))

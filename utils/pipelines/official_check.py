@@ -7,6 +7,9 @@ Delta Lake, and proves both give the same gold tables, row for row:
 
 1. generate the default dataset into the data folder (``$COURSE_DATA_DIR``) if it has none;
 2. run the local runner on Sail (``python -m utils.pipelines full-refresh notebooks/pipeline``);
+   then (2b) probe, on Sail in seconds, whether any query function makes an engine call the
+   CLI refuses while it defines the flows (:func:`probe_definitions`); if so, list each with
+   the course function to change and stop (``--no-probe`` runs the CLI anyway);
 3. run ``spark-pipelines run --spec <copy of notebooks/pipeline/spark-pipeline.yml>`` in
    ``<data root>/pipelines/official/run/`` (wiped first), against a Spark Connect server it
    starts on a free port (``--remote``); Delta comes from a ``spark-defaults.conf`` in
@@ -34,7 +37,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from utils.config import REPO_ROOT, get_config
 
@@ -322,10 +325,140 @@ def run_official(data_root: Path, folder: Path, package: str, stage: Stage) -> P
     completed = set(re.findall(r"Flow '?([\w.`]+)'? has COMPLETED", text))
     failed = set(re.findall(r"Flow '?([\w.`]+)'? has FAILED", text))
     if done.returncode != 0 or failed:
+        where = ""
+        if "ATTEMPT_ANALYSIS_IN_PIPELINE_QUERY_FUNCTION" in text:
+            # the CLI refuses schema/DDL/execution requests inside a query function: name the
+            # last course frame that made one (the line to change)
+            frames = re.findall(rf'File "({re.escape(str(REPO_ROOT))}/[^"]+)", line (\d+), in (\w+)',
+                                text)
+            frames = [f for f in frames if "site-packages" not in f[0]]
+            if frames:
+                path, line, function = frames[-1]
+                where = (f" [{Path(path).relative_to(REPO_ROOT)}:{line} {function} asks the "
+                         "engine for a schema, a DDL parse or a result while the pipeline is "
+                         "defined]")
         raise CheckError(f"spark-pipelines failed ({len(failed)} flow(s) FAILED): "
-                         f"{_last_error(log)} (see {log})")
+                         f"{_last_error(log)}{where} (see {log})")
     stage.note = f"{len(completed)} flows COMPLETED"
     return warehouse
+
+
+# ----- definition probe (Sail, no JVM) -----------------------------------------------------------
+#: Relations a Spark Connect server plans by analysing their input at once (``Dataset.ofRows``):
+#: in the pipelines CLI that input is a pipeline dataset that does not exist yet when the flow is
+#: defined, so the definition fails (TABLE_OR_VIEW_NOT_FOUND). Measured with pyspark 4.2.
+EAGER_RELATIONS = ("drop {", "with_columns_renamed {")
+
+
+def probe_definitions(pipeline_dir: Path = PIPELINE_DIR) -> list[str]:
+    """What the official CLI would refuse while it defines the flows, found on Sail in seconds.
+
+    Loads the sources as the CLI does (each query function called once, inside the runtime
+    shape of open-source ``pyspark.pipelines``) and records every request a query function
+    makes to the engine (schema, DDL parsing, execution: ATTEMPT_ANALYSIS_IN_PIPELINE_QUERY_FUNCTION
+    on the CLI) with the course frame that made it, and every flow whose plan holds a relation
+    the server plans eagerly (:data:`EAGER_RELATIONS`). The local runner's tables must exist
+    (stage 2), so that reads of pipeline datasets resolve here. Needs its own process: it
+    patches the Spark Connect client class.
+    """
+    import importlib.util
+    import traceback
+
+    from pyspark.pipelines.graph_element_registry import (
+        GraphElementRegistry,
+        graph_element_registration_context,
+    )
+    from pyspark.sql.connect.client.core import SparkConnectClient
+
+    from utils.pipelines.runner import register_pipeline_tables
+    from utils.pipelines.spec import load_spec
+    from utils.session import get_spark
+
+    spark = get_spark()
+    spec = load_spec(pipeline_dir)
+    register_pipeline_tables(pipeline_dir, spark)
+    spark.sql(f"USE SCHEMA {spec.schema}")
+    state: dict[str, Any] = {"flow": None}
+    found: list[str] = []
+    course = str(REPO_ROOT)
+
+    def guard(name: str) -> None:
+        original = getattr(SparkConnectClient, name)
+
+        def guarded(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            if state["flow"]:
+                frames = [f for f in traceback.extract_stack() if f.filename.startswith(course)
+                          and "site-packages" not in f.filename and f.filename != __file__]
+                where = (f"{Path(frames[-1].filename).relative_to(REPO_ROOT)}:"
+                         f"{frames[-1].lineno} {frames[-1].name}" if frames else "?")
+                found.append(f"{state['flow']}: engine request ({name}) at {where}")
+            return original(self, *args, **kwargs)
+
+        setattr(SparkConnectClient, name, guarded)
+
+    for name in ("_analyze", "_execute_and_fetch", "execute_command"):
+        guard(name)
+    # Sail has no observe(): keep the expectation filters, leave out their metrics here
+    from utils.pipelines import compat
+
+    enforce = compat.enforce_expectations
+    compat.enforce_expectations = lambda df, rules, metrics_name=None: enforce(df, rules)
+    views: set[str] = set()
+
+    class Probe(GraphElementRegistry):
+        def register_output(self, output) -> None:  # noqa: ANN001
+            if type(output).__name__ == "TemporaryView":
+                views.add(output.name)
+
+        def register_flow(self, flow) -> None:  # noqa: ANN001
+            state["flow"] = flow.name
+            try:
+                df = flow.func()
+                plan = str(df._plan.plan(spark.client))
+            except Exception as err:  # noqa: BLE001 - record and go on with the next flow
+                found.append(f"{flow.name}: {type(err).__name__}: {str(err).splitlines()[0][:120]}")
+                return
+            finally:
+                state["flow"] = None
+            found.extend(f"{flow.name}: plan holds `{rel[:-2]}` (planned eagerly by the server)"
+                         for rel in EAGER_RELATIONS if rel in plan)
+            if flow.target in views:
+                try:   # later flows read the view
+                    df.createOrReplaceTempView(flow.target)
+                except Exception:  # noqa: BLE001 - e.g. observe() unsupported on Sail
+                    pass
+
+        def register_auto_cdc_flow(self, flow) -> None:  # noqa: ANN001
+            pass
+
+        def register_sql(self, sql_text, file_path) -> None:  # noqa: ANN001
+            pass
+
+    with graph_element_registration_context(Probe()):
+        for file in spec.source_files():
+            module_spec = importlib.util.spec_from_file_location(f"_probe_{file.stem}", file)
+            module = importlib.util.module_from_spec(module_spec)
+            module.__dict__["spark"] = spark
+            module_spec.loader.exec_module(module)
+    return list(dict.fromkeys(found))
+
+
+def run_probe(data_root: Path, log: Path, stage: Stage) -> None:
+    done = _run([sys.executable, "-m", "utils.pipelines.official_check", "--probe-only"], log,
+                _course_env(data_root), cwd=REPO_ROOT)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    sites = [line.removeprefix("SITE ") for line in text.splitlines() if line.startswith("SITE ")]
+    if done.returncode not in (0, 3):
+        raise CheckError(f"definition probe failed: {_last_error(log)} (see {log})")
+    if sites:
+        stage.note = f"{len(sites)} call(s) the official CLI refuses"
+        shown = "\n  ".join(sites[:12]) + ("\n  ..." if len(sites) > 12 else "")
+        raise CheckError(
+            f"the pipeline's query functions make {len(sites)} engine call(s) the official "
+            f"CLI refuses while it defines the flows (schema/DDL/execution requests, or "
+            f"DataFrame.drop/withColumnRenamed on pipeline datasets); each line names the "
+            f"course function to change (full list: {log}):\n  {shown}")
+    stage.note = "no engine call while defining"
 
 
 # ----- comparison --------------------------------------------------------------------------------
@@ -370,7 +503,15 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=None,
                         help="data root (default: $COURSE_DATA_DIR, else data/)")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="run spark-pipelines even when the definition probe finds calls "
+                             "the CLI refuses (to see its own error)")
+    parser.add_argument("--probe-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.probe_only:   # the subprocess of stage 2b
+        sites = probe_definitions()
+        print("".join(f"SITE {site}\n" for site in sites), end="")
+        return 3 if sites else 0
     data_root = (args.data_dir or get_config().data_root).resolve()
     os.environ["COURSE_DATA_DIR"] = str(data_root)
     folder = data_root / "pipelines" / "official"
@@ -390,6 +531,13 @@ def main(argv: list[str] | None = None) -> int:
             report.stages.append(stage)
             started = time.perf_counter()
             action(stage)
+            stage.seconds = time.perf_counter() - started
+
+        if not args.no_probe:
+            stage = Stage("2b definition probe on Sail")
+            report.stages.append(stage)
+            started = time.perf_counter()
+            run_probe(data_root, folder / "probe.log", stage)
             stage.seconds = time.perf_counter() - started
 
         stage = Stage("3 spark-pipelines on JVM Spark + Delta")
