@@ -65,6 +65,7 @@ from utils.silver import (
     metrics_by_batch,
     parse_csv,
     standardize_code,
+    typed,
 )
 
 if TYPE_CHECKING:
@@ -303,11 +304,11 @@ def parse_patient_changes(bronze_df: "DataFrame") -> "DataFrame":
         "*",
         r.change_id.alias("change_id"),
         standardize_code(r.operation, "upper").alias("operation"),
-        r.change_ts.try_cast("timestamp").alias("change_ts"),
+        typed(r.change_ts, "timestamp").alias("change_ts"),
         F.upper(r.mrn).alias("mrn"),
         r.first_name.alias("first_name"),
         r.last_name.alias("last_name"),
-        r.birth_date.try_cast("date").alias("birth_date"),
+        typed(r.birth_date, "date").alias("birth_date"),
         standardize_code(r.sex, "upper").alias("sex"),
         r.address_line.alias("address_line"),
         r.city.alias("city"),

@@ -276,6 +276,9 @@ def jvm_builder() -> Any:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.databricks.delta.snapshotPartitions", "2")
+        # the pandas UDFs run in Python workers the JVM starts: this interpreter (the venv's,
+        # with pandas), not whatever `python3` is first on PATH
+        .config("spark.pyspark.python", sys.executable)
         .config("spark.ui.showConsoleProgress", "false")
     )
     return configure_spark_with_delta_pip(builder)
