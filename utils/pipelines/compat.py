@@ -339,9 +339,12 @@ def scd2_versions(events: "DataFrame", keys: list[str], sequence_by: Any,
     seq, is_delete = "__seq", "__is_delete"
     delete_flag = (F.coalesce(_as_column(apply_as_deletes).cast("boolean"), F.lit(False))
                    if apply_as_deletes is not None else F.lit(False))
-    staged = (events.select("*", _as_column(sequence_by).alias(seq), delete_flag.alias(is_delete))
-              .dropDuplicates([*keys, seq]))
     order = [F.col(f"{seq}.`{f}`") for f in sequence_fields] if sequence_fields else [F.col(seq)]
+    # one row per (keys, sequence) with a window, not dropDuplicates: a Spark Connect server
+    # analyses a Deduplicate's input as soon as the flow is defined (see official_check)
+    same_event = Window.partitionBy(*keys, seq).orderBy(*order)
+    staged = (events.select("*", _as_column(sequence_by).alias(seq), delete_flag.alias(is_delete))
+              .withColumn("__n", F.row_number().over(same_event)).filter("__n = 1"))
     by_key = Window.partitionBy(*keys).orderBy(*order)
     versions = (staged.withColumn("__END_AT", F.lead(seq).over(by_key))
                 .filter(~F.col(is_delete)))
@@ -351,6 +354,7 @@ def scd2_versions(events: "DataFrame", keys: list[str], sequence_by: Any,
     # every column but the excluded ones, without listing them: a struct of all columns minus
     # fields (``DataFrame.drop`` would not do: a Spark Connect server analyses its input
     # eagerly, and in the pipelines CLI the input table does not exist yet when it is defined)
-    row = F.struct("*").dropFields(*(except_column_list or []), seq, is_delete, "__END_AT")
+    row = F.struct("*").dropFields(*(except_column_list or []), seq, is_delete, "__n",
+                                   "__END_AT")
     return (versions.select(row.alias("__row"), F.col(seq).alias("__START_AT"), "__END_AT")
             .select("__row.*", "__START_AT", "__END_AT"))

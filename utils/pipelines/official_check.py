@@ -346,8 +346,10 @@ def run_official(data_root: Path, folder: Path, package: str, stage: Stage) -> P
 # ----- definition probe (Sail, no JVM) -----------------------------------------------------------
 #: Relations a Spark Connect server plans by analysing their input at once (``Dataset.ofRows``):
 #: in the pipelines CLI that input is a pipeline dataset that does not exist yet when the flow is
-#: defined, so the definition fails (TABLE_OR_VIEW_NOT_FOUND). Measured with pyspark 4.2.
-EAGER_RELATIONS = ("drop {", "with_columns_renamed {")
+#: defined, so the definition fails (TABLE_OR_VIEW_NOT_FOUND). Measured with pyspark 4.2 (drop,
+#: withColumnRenamed: SparkConnectPlanner calls Dataset.ofRows; dropDuplicates/distinct: its
+#: transformDeduplicate analyses the input, seen failing on silver_known_keys).
+EAGER_RELATIONS = ("drop {", "with_columns_renamed {", "deduplicate {")
 
 
 def probe_definitions(pipeline_dir: Path = PIPELINE_DIR) -> list[str]:
