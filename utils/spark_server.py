@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from utils.config import REPO_ROOT
-from utils.session import EngineError, java_version
+from utils.session import DELTA_CONFS, SMALL_DATA_CONFS, EngineError, java_version
 
 CONNECT_SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
@@ -50,24 +50,13 @@ WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
 #: Where ``make`` keeps the PIDs and logs of the processes it started (git ignores it).
 DEFAULT_STATE_DIR = REPO_ROOT / ".spark"
 
-#: What makes Spark's session a Delta session (the same two settings as ``jvm_builder``).
-DELTA_CONFS: dict[str, str] = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-}
-
-#: Server settings. The catalog is in memory (no Derby ``metastore_db`` in the working folder;
-#: notebooks register the course's Delta tables themselves). The course's tables are small, so
-#: shuffles use 4 partitions (as the local JVM engine does) and Delta reads its log in 2
-#: (delta-spark's default of 50 tasks per log read dominated every query on these tables).
-#: No session time zone here: each client pins its own (``utils.session``).
+#: Server settings besides Delta's and the small-data ones (``utils.session``). The catalog
+#: is in memory (no Derby ``metastore_db`` in the working folder; notebooks register the
+#: course's Delta tables themselves). No session time zone here: each client pins its own.
 SERVER_CONFS: dict[str, str] = {
     "spark.sql.catalogImplementation": "in-memory",
-    "spark.sql.shuffle.partitions": "4",
-    "spark.databricks.delta.snapshotPartitions": "2",
     "spark.log.level": "WARN",
     "spark.ui.enabled": "false",
-    "spark.ui.showConsoleProgress": "false",
 }
 
 STARTUP_TIMEOUT_S = 300  # the first start downloads ~90 MB of jars
@@ -270,7 +259,7 @@ class SparkServices:
         sessions pin UTC themselves, as they must on a cluster somebody else configured."""
         _require_java()
         port = port or free_port()
-        confs = {**DELTA_CONFS, **SERVER_CONFS,
+        confs = {**DELTA_CONFS, **SMALL_DATA_CONFS, **SERVER_CONFS,
                  "spark.connect.grpc.binding.address": "127.0.0.1",
                  "spark.connect.grpc.binding.port": str(port),
                  "spark.sql.warehouse.dir": str(self.state_dir / "warehouse"),
