@@ -52,7 +52,8 @@ def test_a_busy_port_is_one_line_before_any_jvm_starts(tmp_path):
 
 
 def test_a_process_that_dies_at_start_says_why_from_its_log(tmp_path):
-    script = "import sys; print('Exception in thread main java.net.BindException: Address already in use'); sys.exit(1)"
+    script = ("import sys; print('Exception in thread main java.net.BindException: "
+              "Address already in use'); sys.exit(1)")
     services = SparkServices(tmp_path)
     with pytest.raises(SparkServiceError) as info:
         services._launch("connect", "x", [sys.executable, "-c", script], spark_server.free_port())
