@@ -14,6 +14,7 @@ from pathlib import PurePosixPath
 from typing import Mapping
 
 from utils.pipelines.graph import PipelineGraph
+from utils.tables import local_location
 
 KIND_STYLE = {  # face colour and legend label of each node kind
     "files": ("#ffffff", "landing files"),
@@ -27,7 +28,7 @@ KIND_STYLE = {  # face colour and legend label of each node kind
 
 def source_label(path: str) -> str:
     """A short name for a file source: its last two path parts without wildcards."""
-    parts = [p for p in PurePosixPath(path.removeprefix("file://")).parts
+    parts = [p for p in PurePosixPath(local_location(path)).parts
              if not globlib.has_magic(p) and p != "/"]
     return "/".join(parts[-2:]) if parts else path
 

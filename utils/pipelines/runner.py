@@ -37,6 +37,7 @@ from utils.pipelines.sources import (
     rows_added,
 )
 from utils.pipelines.spec import PipelineSpec, load_spec
+from utils.tables import local_location
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -366,7 +367,7 @@ class Pipeline:
     def _external_location(self, name: str) -> Path | None:
         for row in self.spark.sql(f"DESCRIBE TABLE EXTENDED {name}").collect():
             if str(row[0]).strip().lower() == "location" and row[1]:
-                return Path(str(row[1]).removeprefix("file://"))
+                return Path(local_location(str(row[1])))
         return None
 
     def _write_options(self, output: object) -> dict[str, str]:

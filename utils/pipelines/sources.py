@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from urllib.parse import unquote
 
 from utils.pipelines.graph import iter_messages
+from utils.tables import local_location
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -143,7 +144,7 @@ def list_files(paths: list[str], options: dict[str, str]) -> list[Path]:
     name_filter = options.get("pathGlobFilter")
     found: list[Path] = []
     for pattern in paths:
-        pattern = pattern.removeprefix("file://")
+        pattern = local_location(pattern)
         matches = [Path(p) for p in globlib.glob(pattern)] if globlib.has_magic(pattern) \
             else [Path(pattern)]
         for match in matches:
