@@ -166,18 +166,24 @@ def enforce_expectations(df: "DataFrame", rules: Iterable[Expectation],
     return df.filter(keep) if any(r.action == "drop" for r in rules) else df
 
 
+def require_query_function(func: Any, rules: Iterable[Expectation]) -> None:
+    """An expectation decorator stacked above ``@dp.table`` gets the table, not its function:
+    say where it goes (the local runner's decorators check the same)."""
+    if not callable(func):
+        raise TypeError(
+            "Expectation decorators go directly on the query function, below "
+            "@dp.table / @dp.materialized_view / @dp.temporary_view "
+            f"(got {type(func).__name__}; rules: {', '.join(r.name for r in rules)})"
+        )
+
+
 def expectations_decorator(rules: Iterable[Expectation]) -> Callable[[Callable], Callable]:
     """Decorate a query function with ``rules``, in order: the runtime's native decorators
     when it has them, else one wrapper applying :func:`enforce_expectations` to its result."""
     rules = list(rules)
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
-        if not callable(func):
-            raise TypeError(
-                "Expectation decorators go directly on the query function, below "
-                "@dp.table / @dp.materialized_view / @dp.temporary_view "
-                f"(got {type(func).__name__}; rules: {', '.join(r.name for r in rules)})"
-            )
+        require_query_function(func, rules)
         dp = _dp()
         if supports_native_expectations(dp):
             for rule in reversed(rules):   # decorators apply bottom-up: keep the rules' order

@@ -34,6 +34,7 @@ from pyspark.pipelines.graph_element_registry import (
 from pyspark.pipelines.output import Output
 
 from utils.expectations import Expectation
+from utils.pipelines.compat import require_query_function
 
 #: Attribute of a query function holding its expectations, in declaration order (top first).
 EXPECTATIONS_ATTR = "__course_expectations__"
@@ -53,12 +54,7 @@ def expectations_of(func: Callable[..., Any] | None) -> list[Expectation]:
 
 def _attach(rules: list[Expectation]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
-        if not callable(func):
-            raise TypeError(
-                "Expectation decorators go directly on the query function, below "
-                "@dp.table / @dp.materialized_view / @dp.temporary_view "
-                f"(got {type(func).__name__}; rules: {', '.join(r.name for r in rules)})"
-            )
+        require_query_function(func, rules)
         # Decorators apply bottom-up; keep the order they are written in (top first).
         setattr(func, EXPECTATIONS_ATTR, rules + expectations_of(func))
         return func
