@@ -490,7 +490,7 @@ def start_jvm_session() -> "SparkSession":
     BENCH_JVM_DRIVER_MEMORY says otherwise. Missing Java or unreachable jars raise
     :class:`EngineUnavailable` with one actionable line.
     """
-    from utils.session import java_version, jvm_builder
+    from utils.session import first_line, java_version, jvm_builder
 
     if java_version() is None:
         raise EngineUnavailable(
@@ -503,9 +503,8 @@ def start_jvm_session() -> "SparkSession":
     try:
         spark = builder.getOrCreate()
     except Exception as err:  # noqa: BLE001 - turn a JVM start failure into one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EngineUnavailable(
-            f"JVM PySpark with Delta did not start ({first[:160]}): the delta-spark jars come "
+            f"JVM PySpark with Delta did not start ({first_line(err)[:160]}): the delta-spark jars come "
             "from Maven Central (repo1.maven.org) into ~/.ivy2.5.2 on first start, so allow "
             "that (or a proxy), or run with --skip-jvm."
         ) from None

@@ -276,6 +276,13 @@ SMALL_DATA_CONFS: dict[str, str] = {
 }
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (a JVM failure's is followed by a stack trace),
+    or its type's name when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def jvm_builder() -> Any:
     """The JVM PySpark builder with Delta Lake configured (not started).
 
@@ -304,9 +311,8 @@ def _jvm_session() -> "SparkSession":
     try:
         return jvm_builder().getOrCreate()
     except Exception as err:  # noqa: BLE001 - turn a JVM start failure into one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EngineError(
-            f"JVM Spark with Delta did not start ({first[:200]}): it downloads delta-spark jars "
+            f"JVM Spark with Delta did not start ({first_line(err)[:200]}): it downloads delta-spark jars "
             "from Maven Central on first start, so it needs internet access; "
             "unset COURSE_ENGINE to use Sail."
         ) from None
