@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.test_pipelines import CHANGES_VIEW
+
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "notebooks" / "pipeline"
 SOURCES = sorted(PIPELINE.glob("*.py"))
@@ -197,16 +199,7 @@ def test_expectation_fallback_keeps_what_apply_expectations_keeps(spark):
 
 SCD2_BOTH = """
     from utils.pipelines import compat
-
-    @dp.temporary_view
-    def changes():
-        return (spark.readStream.format("text").option("recursiveFileLookup", "true")
-                .load(str(get_config().landing_dir / "changes"))
-                .select(F.split("value", ",")[0].alias("id"),
-                        F.split("value", ",")[1].alias("op"),
-                        F.split("value", ",")[2].cast("int").alias("seq"),
-                        F.split("value", ",")[3].alias("city")))
-
+""" + CHANGES_VIEW + """
     cdc = dict(source="changes", keys=["id"], sequence_by="seq", apply_as_deletes="op = 'D'",
                except_column_list=["op"], stored_as_scd_type=2)
     compat.create_auto_cdc_table("native_scd2", **cdc)

@@ -249,7 +249,8 @@ def test_interrupted_batch_is_not_written_twice(spark, data_dir, tmp_path):
 
 
 # ----- AUTO CDC ------------------------------------------------------------------------------------
-CDC = """
+#: A view of the change lines ``land_changes`` writes: id, op, seq, city.
+CHANGES_VIEW = """
     @dp.temporary_view
     def changes():
         return (spark.readStream.format("text").option("recursiveFileLookup", "true")
@@ -258,7 +259,9 @@ CDC = """
                         F.split("value", ",")[1].alias("op"),
                         F.split("value", ",")[2].cast("int").alias("seq"),
                         F.split("value", ",")[3].alias("city")))
+"""
 
+CDC = CHANGES_VIEW + """
     dp.create_streaming_table("customers_scd2")
     create_auto_cdc_flow(target="customers_scd2", source="changes", keys=["id"],
                          sequence_by="seq", apply_as_deletes="op = 'D'",
