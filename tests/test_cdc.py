@@ -7,6 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.dataframes import assert_df_equality
+from utils.bronze import BRONZE_SCHEMA_DDL
 from utils.cdc import (
     PATIENT_CHANGES_DDL,
     SchemaMismatch,
@@ -22,8 +23,6 @@ from utils.expectations import apply_expectations
 
 HEADER = ("change_id,operation,change_ts,mrn,first_name,last_name,birth_date,sex,address_line,"
           "city,state,zip,phone,ssn,payer_id")
-BRONZE_DDL = ("value STRING, _header STRING, _source STRING, _source_file STRING, "
-              "_line_number INT, _batch_date DATE, _ingest_ts TIMESTAMP, _ingest_run_id STRING")
 DAY1, DAY2 = dt.date(2025, 1, 1), dt.date(2025, 1, 2)
 
 
@@ -180,8 +179,8 @@ def test_merge_changes_syncs_and_refuses_another_schema(spark, data_dir):
 # ----- parsing, rules and dedupe ---------------------------------------------------------------
 def bronze(spark, lines, batch=DAY1, header=HEADER):
     rows = [(value, header, "ehr_patients", f"ehr_patients/{batch}/patients.csv", n + 2, batch,
-             dt.datetime(2025, 1, 5), "run") for n, value in enumerate(lines)]
-    return spark.createDataFrame(rows, BRONZE_DDL)
+             dt.datetime(2025, 1, 5), "run", None) for n, value in enumerate(lines)]
+    return spark.createDataFrame(rows, BRONZE_SCHEMA_DDL)
 
 
 GOOD = ('C1,INSERT,2025-01-01T08:00:00,mrn001,Ann,Lee,1980-05-01, f ,"1 Main St, Apt 2",'

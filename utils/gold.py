@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from utils.config import REPO_ROOT
 from utils.contracts import accepted_values, load_contracts
+from utils.frames import distinct_rows, drop_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -97,14 +98,13 @@ def conform(df: DataFrame, table: str) -> DataFrame:
     """Select the contract's columns of gold ``table`` in order, cast to the contract types.
 
     Every KPI function ends with it, so a gold table's schema is explicit and fixed: a change
-    in silver types cannot silently change a gold type.
+    in silver types cannot silently change a gold type. A missing column fails when the query
+    is analysed, with the engine's error naming it (no check here: asking for ``df.columns``
+    would analyse the plan while a declarative pipeline is still defining it).
     """
     from pyspark.sql import functions as F
 
     columns = gold_tables()[table].columns
-    missing = [col for col in columns if col not in df.columns]
-    if missing:
-        raise ValueError(f"gold.{table} is missing column(s) {missing}")
     return df.select(*[F.col(col).cast(spec["type"]).alias(col) for col, spec in columns.items()])
 
 
@@ -163,9 +163,9 @@ def _with_facility(df: DataFrame, facilities: DataFrame) -> DataFrame:
     """Add ``facility`` (the facility's name, or its id when the facility is unknown)."""
     from pyspark.sql import functions as F
 
-    return (df.join(_facility_names(facilities), "facility_id", "left")
-            .withColumn("facility", F.coalesce("_facility_name", "facility_id"))
-            .drop("_facility_name"))
+    named = (df.join(_facility_names(facilities), "facility_id", "left")
+             .withColumn("facility", F.coalesce("_facility_name", "facility_id")))
+    return drop_columns(named, "_facility_name")
 
 
 def _with_payer(df: DataFrame, payers: DataFrame) -> DataFrame:
@@ -174,10 +174,10 @@ def _with_payer(df: DataFrame, payers: DataFrame) -> DataFrame:
 
     names = payers.select("payer_id", F.col("payer_name").alias("_payer_name"),
                           F.col("payer_type").alias("_payer_type"))
-    return (df.join(names, "payer_id", "left")
-            .withColumn("payer", F.coalesce("_payer_name", F.lit(UNKNOWN_PAYER)))
-            .withColumn("payer_type", F.coalesce("_payer_type", F.lit("unknown")))
-            .drop("_payer_name", "_payer_type"))
+    named = (df.join(names, "payer_id", "left")
+             .withColumn("payer", F.coalesce("_payer_name", F.lit(UNKNOWN_PAYER)))
+             .withColumn("payer_type", F.coalesce("_payer_type", F.lit("unknown"))))
+    return drop_columns(named, "_payer_name", "_payer_type")
 
 
 def current_patients(patients: DataFrame) -> DataFrame:
@@ -409,13 +409,12 @@ def chronic_condition_prevalence(patients: DataFrame, diagnoses: DataFrame,
 
     population = _patient_population(patients, as_of)
     groups = population.groupBy("age_band", "sex").agg(F.count("*").alias("population"))
-    with_condition = (diagnoses.where(F.col("chronic_condition").isNotNull())
-                      .select("patient_key", "chronic_condition").distinct()
+    chronic = diagnoses.where(F.col("chronic_condition").isNotNull())
+    with_condition = (distinct_rows(chronic, "patient_key", "chronic_condition")
                       .join(population, "patient_key")
                       .groupBy("chronic_condition", "age_band", "sex")
                       .agg(F.count("*").alias("patients_with_condition")))
-    conditions = (diagnoses.where(F.col("chronic_condition").isNotNull())
-                  .select("chronic_condition").distinct())
+    conditions = distinct_rows(chronic, "chronic_condition")
     out = (conditions.crossJoin(groups)
            .join(with_condition, ["chronic_condition", "age_band", "sex"], "left")
            .withColumn("patients_with_condition", F.coalesce("patients_with_condition", F.lit(0)))
@@ -447,13 +446,15 @@ def patient_summary(patients: DataFrame, encounters: DataFrame, diagnoses: DataF
     money = claims.groupBy("patient_key").agg(F.sum("billed_amount").alias("total_billed"),
                                               F.sum("paid_amount").alias("total_paid"))
     zero = F.lit(0)
+    # a patient without encounters or claims has counts and amounts of 0, not NULL
+    zeros = {name: F.coalesce(F.col(name), zero)
+             for name in [f"{c}_encounters" for c in classes]
+             + ["total_encounters", "total_billed", "total_paid"]}
     out = (people.join(counts, "patient_key", "left").join(last, "patient_key", "left")
            .join(chronic, "patient_key", "left").join(money, "patient_key", "left")
-           .fillna(0, subset=[f"{c}_encounters" for c in classes] + ["total_encounters"])
+           .withColumns(zeros)
            .withColumn("chronic_conditions",
-                       F.coalesce("chronic_conditions", F.array().cast("array<string>")))
-           .withColumn("total_billed", F.coalesce(F.col("total_billed"), zero))
-           .withColumn("total_paid", F.coalesce(F.col("total_paid"), zero)))
+                       F.coalesce("chronic_conditions", F.array().cast("array<string>"))))
     return conform(out, "patient_summary").orderBy("patient_key")
 
 

@@ -53,6 +53,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from utils.contracts import accepted_values, landing_sources, silver_columns
+from utils.frames import distinct_rows, drop_columns
 from utils.expectations import (
     FAILED_RULES_COLUMN,
     METRICS_SCHEMA,
@@ -283,8 +284,9 @@ def split_csv_line(line: str) -> list[str]:
 @lru_cache(maxsize=1)
 def _csv_split_udf():
     from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, StringType
 
-    @F.pandas_udf("array<string>")
+    @F.pandas_udf(ArrayType(StringType()))
     def csv_split(lines):  # pandas Series -> Series of lists
         return lines.map(lambda line: None if line is None else split_csv_line(line))
 
@@ -306,8 +308,7 @@ def _with_quality_flags(df: "DataFrame") -> "DataFrame":
     """``_valid_encoding``: bronze kept the raw bytes because the line was not valid UTF-8."""
     from pyspark.sql import functions as F
 
-    ok = F.col("_raw_base64").isNull() if "_raw_base64" in df.columns else F.lit(True)
-    return df.withColumn("_valid_encoding", ok)
+    return df.withColumn("_valid_encoding", F.col("_raw_base64").isNull())
 
 
 @lru_cache(maxsize=None)
@@ -319,11 +320,13 @@ def _csv_record_udf(columns: tuple[str, ...]):
     lambda over a catalog table fails ("No field named bronze.<table>.<column>").
     """
     from pyspark.sql import functions as F
+    from pyspark.sql.types import BooleanType, StringType, StructField, StructType
 
-    schema = ", ".join([f"`{c}` string" for c in columns]
-                       + ["_rescued_data string", "_record_complete boolean"])
+    # a StructType, not a DDL string: on Spark Connect the client asks the server to parse DDL
+    schema = StructType([StructField(c, StringType()) for c in (*columns, "_rescued_data")]
+                        + [StructField("_record_complete", BooleanType())])
 
-    @F.pandas_udf(f"struct<{schema}>")
+    @F.pandas_udf(schema)
     def csv_record(values, headers):
         import json
 
@@ -370,15 +373,16 @@ def parse_csv(bronze_df: "DataFrame", columns: Iterable[str]) -> "DataFrame":
         .withColumn("_rescued_data", F.col("__record._rescued_data"))
         .withColumn("_record_complete", F.coalesce(F.col("__record._record_complete"),
                                                    F.lit(False)))
-        .drop("__record"))
+        .transform(lambda df: drop_columns(df, "__record")))
 
 
 @lru_cache(maxsize=None)
 def _json_extras_udf(known: tuple[str, ...]):
     """pandas UDF: JSON of the top-level keys of an object line outside ``known`` (or NULL)."""
     from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType
 
-    @F.pandas_udf("string")
+    @F.pandas_udf(StringType())
     def json_extras(values):
         import json
 
@@ -423,7 +427,7 @@ def parse_json(bronze_df: "DataFrame", schema: str, top_level: Iterable[str]) ->
         .withColumn("_record_complete", complete)
         .withColumn("_json", F.when(F.col("_record_complete"), F.col("__parsed.record")))
         .withColumn("_rescued_data", _json_extras_udf(tuple(top_level))(F.col("value")))
-        .drop("__parsed"))
+        .transform(lambda df: drop_columns(df, "__parsed")))
 
 
 #: The text a value must be (after trimming) to be cast; anything else is unparseable. Where
@@ -466,11 +470,8 @@ def typed(raw: "Column", type_: str) -> "Column":
 
 
 def _finish(df: "DataFrame", typed: list["Column"]) -> "DataFrame":
-    """Typed columns first, then the helper columns, then every bronze column."""
-    from pyspark.sql import functions as F
-
-    names = [c for c in df.columns if c not in ("_json",)]
-    return df.select(*typed, *[F.col(c) for c in names])
+    """Typed columns first, then every bronze column and the helper columns (not ``_json``)."""
+    return drop_columns(df.select(*typed, "*"), "_json")
 
 
 # ----- reference data ---------------------------------------------------------------------------
@@ -721,9 +722,8 @@ def split_ranked(ranked: "DataFrame") -> DedupResult:
     """Kept and removed rows of a :func:`rank_duplicates` frame."""
     from pyspark.sql import functions as F
 
-    columns = [c for c in ranked.columns if c not in _RANK_COLUMNS]
-    return DedupResult(ranked.filter(~F.col("_is_duplicate")).select(*columns),
-                       ranked.filter(F.col("_is_duplicate")).drop("_is_duplicate"))
+    return DedupResult(drop_columns(ranked.filter(~F.col("_is_duplicate")), *_RANK_COLUMNS),
+                       drop_columns(ranked.filter(F.col("_is_duplicate")), "_is_duplicate"))
 
 
 def deduplicate(df: "DataFrame", keys: Iterable[str],
@@ -759,14 +759,17 @@ def dedup_log_frame(removed: "DataFrame", entity: str, keys: Iterable[str]) -> "
 # ================================================================================================
 def code_table(spark: "SparkSession", name: str) -> "DataFrame":
     """A code table (icd10cm, loinc, rxnorm, cpt) as a Spark DataFrame with string codes."""
+    from pyspark.sql.types import StringType, StructField, StructType
+
     from data_generator.codes import load_code_table
 
     pdf = load_code_table(name)
     pdf = pdf.astype(object).where(pdf.notna(), None)
     for column in pdf.columns:
         pdf[column] = pdf[column].map(lambda v: None if v is None else str(v))
-    schema = ", ".join(f"`{c}` string" for c in pdf.columns)
-    return spark.createDataFrame(pdf, schema)
+    # a StructType, not a DDL string: on Spark Connect the client asks the server to parse DDL
+    return spark.createDataFrame(pdf, StructType([StructField(c, StringType())
+                                                  for c in pdf.columns]))
 
 
 def known_patient_keys(bronze_patients: "DataFrame") -> "DataFrame":
@@ -779,15 +782,16 @@ def known_patient_keys(bronze_patients: "DataFrame") -> "DataFrame":
     from utils.phi import patient_key
 
     parsed = parse_csv(bronze_patients, landing_columns("patients"))
-    return (parsed.select(patient_key(F.col("_raw.mrn")).alias("key"))
-            .filter(F.col("key").isNotNull()).distinct())
+    keys = parsed.select(patient_key(F.col("_raw.mrn")).alias("key")).filter(F.col("key").isNotNull())
+    return distinct_rows(keys, "key")
 
 
 def known_keys(parsed: "DataFrame", column: str) -> "DataFrame":
     """Distinct non-NULL values of ``column`` of a parsed entity, as column ``key``."""
     from pyspark.sql import functions as F
 
-    return parsed.select(F.col(column).alias("key")).filter(F.col("key").isNotNull()).distinct()
+    keys = parsed.select(F.col(column).alias("key")).filter(F.col("key").isNotNull())
+    return distinct_rows(keys, "key")
 
 
 #: Entities whose business keys other entities point at, and the column holding the key
@@ -844,9 +848,9 @@ def _flag_known(df: "DataFrame", column: str, keys: "DataFrame", flag: str) -> "
     from pyspark.sql import functions as F
 
     lookup = keys.select(F.col("key").alias(f"__{flag}_key"), F.lit(True).alias(f"__{flag}"))
-    return (df.join(F.broadcast(lookup), F.col(column) == F.col(f"__{flag}_key"), "left")
-            .withColumn(flag, F.coalesce(F.col(f"__{flag}"), F.lit(False)))
-            .drop(f"__{flag}_key", f"__{flag}"))
+    joined = (df.join(F.broadcast(lookup), F.col(column) == F.col(f"__{flag}_key"), "left")
+              .withColumn(flag, F.coalesce(F.col(f"__{flag}"), F.lit(False))))
+    return drop_columns(joined, f"__{flag}_key", f"__{flag}")
 
 
 def _code_keys(table: "DataFrame") -> "DataFrame":
@@ -864,10 +868,11 @@ def _references_encounters(df: "DataFrame", refs: Mapping[str, "DataFrame"]) -> 
     df = _flag_known(df, "payer_id", refs["payers"], "_known_payer")
     df = _flag_known(df, "primary_dx", _code_keys(refs["icd10cm"]), "_known_primary_dx")
     codes = refs["icd10cm"].agg(F.collect_set("code").alias("__icd10_codes"))
-    return (df.crossJoin(F.broadcast(codes))
-            .withColumn("_known_secondary_dx", F.coalesce(F.size(F.array_except(
-                F.split(F.col("secondary_dx"), r"\|"), F.col("__icd10_codes"))) == 0, F.lit(True)))
-            .drop("__icd10_codes"))
+    checked = (df.crossJoin(F.broadcast(codes))
+               .withColumn("_known_secondary_dx", F.coalesce(F.size(F.array_except(
+                   F.split(F.col("secondary_dx"), r"\|"), F.col("__icd10_codes"))) == 0,
+                   F.lit(True))))
+    return drop_columns(checked, "__icd10_codes")
 
 
 def _references_lab_results(df: "DataFrame", refs: Mapping[str, "DataFrame"]) -> "DataFrame":
@@ -892,22 +897,23 @@ def _references_lab_results(df: "DataFrame", refs: Mapping[str, "DataFrame"]) ->
             & (F.lower(F.col("__std_unit")) == to_unit.lower()), F.lit(value))
     df = df.withColumn("__factor", factor)
     converted = F.col("__factor").isNotNull()
-    return (df
-            .withColumn("original_value", F.col("result_value"))
-            .withColumn("original_unit", F.col("unit"))
-            .withColumn("result_value",
-                        F.when(converted, F.round(F.col("result_value") * F.col("__factor"), 4))
-                        .otherwise(F.col("result_value")))
-            .withColumn("unit", F.when(converted, F.col("__std_unit")).otherwise(F.col("unit")))
-            .withColumn("_unit_standard", converted | F.col("unit").isNull())
-            .withColumn("ref_low", F.coalesce(F.col("__std_low"), F.col("ref_low")))
-            .withColumn("ref_high", F.coalesce(F.col("__std_high"), F.col("ref_high")))
-            .withColumn("is_abnormal", F.when(
-                F.col("result_value").isNotNull() & F.col("ref_low").isNotNull()
-                & F.col("ref_high").isNotNull(),
-                (F.col("result_value") < F.col("ref_low"))
-                | (F.col("result_value") > F.col("ref_high"))))
-            .drop("__loinc", "__std_unit", "__std_low", "__std_high", "__factor"))
+    enriched = (df
+                .withColumn("original_value", F.col("result_value"))
+                .withColumn("original_unit", F.col("unit"))
+                .withColumn("result_value",
+                            F.when(converted,
+                                   F.round(F.col("result_value") * F.col("__factor"), 4))
+                            .otherwise(F.col("result_value")))
+                .withColumn("unit", F.when(converted, F.col("__std_unit")).otherwise(F.col("unit")))
+                .withColumn("_unit_standard", converted | F.col("unit").isNull())
+                .withColumn("ref_low", F.coalesce(F.col("__std_low"), F.col("ref_low")))
+                .withColumn("ref_high", F.coalesce(F.col("__std_high"), F.col("ref_high")))
+                .withColumn("is_abnormal", F.when(
+                    F.col("result_value").isNotNull() & F.col("ref_low").isNotNull()
+                    & F.col("ref_high").isNotNull(),
+                    (F.col("result_value") < F.col("ref_low"))
+                    | (F.col("result_value") > F.col("ref_high")))))
+    return drop_columns(enriched, "__loinc", "__std_unit", "__std_low", "__std_high", "__factor")
 
 
 def _references_medications(df: "DataFrame", refs: Mapping[str, "DataFrame"]) -> "DataFrame":
@@ -916,10 +922,11 @@ def _references_medications(df: "DataFrame", refs: Mapping[str, "DataFrame"]) ->
     df = _flag_known(df, "patient_key", refs["patients"], "_known_patient")
     df = _flag_known(df, "encounter_id", refs["encounters"], "_known_encounter")
     rx = refs["rxnorm"].select(F.col("code").alias("__rx"), F.col("name").alias("__rx_name"))
-    return (df.join(F.broadcast(rx), F.col("rxnorm_code") == F.col("__rx"), "left")
-            .withColumn("_known_rxnorm", F.col("__rx").isNotNull())
-            .withColumn("medication_name", F.coalesce(F.col("__rx_name"), F.col("medication_name")))
-            .drop("__rx", "__rx_name"))
+    joined = (df.join(F.broadcast(rx), F.col("rxnorm_code") == F.col("__rx"), "left")
+              .withColumn("_known_rxnorm", F.col("__rx").isNotNull())
+              .withColumn("medication_name",
+                          F.coalesce(F.col("__rx_name"), F.col("medication_name"))))
+    return drop_columns(joined, "__rx", "__rx_name")
 
 
 def _references_claims(df: "DataFrame", refs: Mapping[str, "DataFrame"]) -> "DataFrame":
@@ -1122,14 +1129,8 @@ def silver_frame(table: str, df: "DataFrame") -> "DataFrame":
     """
     from pyspark.sql import functions as F
 
-    present = set(df.columns)
     renamed = SILVER_COLUMN_SOURCES.get(table, {})
-
-    def source(name: str) -> "Column":
-        column = renamed.get(name, name)
-        return F.col(column) if column in present else F.lit(None)
-
-    return df.select(*[source(name).cast(type_).alias(name)
+    return df.select(*[F.col(renamed.get(name, name)).cast(type_).alias(name)
                        for name, type_ in silver_schema(table)])
 
 
