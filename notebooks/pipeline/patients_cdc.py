@@ -23,9 +23,10 @@ from utils.pipelines.medallion import scd2_to_contract, with_expectations
 @with_expectations(cdc.patient_change_expectations())
 def patient_changes_checked():
     changes = spark.readStream.table("bronze_patients")  # noqa: F821 - set by the runner
-    # dropDuplicates, not a row_number window: windows do not run on streams (Databricks);
-    # a re-delivered change in a later batch has the same sequence and AUTO CDC applies it once.
-    return cdc.parse_patient_changes(changes).dropDuplicates(["change_id"])
+    # Not deduplicated here: a re-delivered change has the same change_id, so the same
+    # sequence, and AUTO CDC applies one event per key and sequence. (dropDuplicates on a
+    # stream would keep every change_id in its state forever.)
+    return cdc.parse_patient_changes(changes)
 
 
 @dp.temporary_view(comment="Valid change records without direct identifiers (patient_key)")
