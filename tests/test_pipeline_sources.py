@@ -253,12 +253,13 @@ def test_scd2_versions_orders_a_struct_sequence_by_its_fields(spark):
 def test_pipeline_helpers_build_plans_without_analysis(spark, monkeypatch, tmp_path):
     """The official CLI runs each query function with an analysis context and the server
     refuses schema requests, DDL parsing and execution there; Sail does not, so any such call
-    is made to fail here. (utils.silver/utils.gold still inspect schemas: see the report of
-    utils.pipelines.official_check.)"""
+    is made to fail here. (The course's own sources, with every silver and gold helper they
+    call, are probed as a whole in test_course_pipeline_gold_equals_the_imperative_gold.)"""
     from pyspark.sql import functions as F
     from pyspark.sql.connect.client.core import SparkConnectClient
 
     from utils.expectations import Expectation
+    from utils.frames import distinct_rows, drop_columns
     from utils.pipelines.compat import enforce_expectations, scd2_versions
     from utils.pipelines.medallion import bronze_lines
     from utils.pipelines.official_check import EAGER_RELATIONS
@@ -276,7 +277,8 @@ def test_pipeline_helpers_build_plans_without_analysis(spark, monkeypatch, tmp_p
              scd2_versions(events, ["k"], F.struct("seq"), column_list=["k"]),
              enforce_expectations(events, [Expectation("a", "seq > 0", "drop"),
                                            Expectation("b", "seq < 9", "fail")],
-                                  metrics_name="m")]
+                                  metrics_name="m"),
+             drop_columns(events, "op"), distinct_rows(events, "k", "op")]
     for df in plans:
         plan = str(df._plan.plan(spark.client))
         # relations a Spark Connect server plans by analysing their input at once (it is a
@@ -310,12 +312,14 @@ def test_check_compares_delta_tables_row_for_row(tmp_path):
 
     from utils.pipelines.official_check import Report, compare_tables
 
-    frame = pd.DataFrame({"k": ["b", "a", None], "v": [2.5, 1.0, None]})
+    # an array column too, as gold.patient_summary's chronic_conditions
+    frame = pd.DataFrame({"k": ["b", "a", None], "v": [2.5, 1.0, None],
+                          "conditions": [["copd", "diabetes"], [], None]})
     write_deltalake(str(tmp_path / "a"), frame)
     write_deltalake(str(tmp_path / "b"), frame.iloc[[2, 0, 1]].reset_index(drop=True))          # other order
     write_deltalake(str(tmp_path / "c"), frame.assign(v=[2.5, 1.0, 3.0]))
     assert compare_tables(tmp_path / "a", tmp_path / "b") == (3, 3, "equal")
-    assert compare_tables(tmp_path / "a", tmp_path / "c")[2].startswith("values differ")
+    assert compare_tables(tmp_path / "a", tmp_path / "c")[2].startswith("first differing row")
     assert compare_tables(tmp_path / "a", tmp_path / "x") == (None, None,
                                                               "missing in the spark-pipelines run")
     report = Report(tmp_path, tables=[("gold_x", 3, 3, "equal"), ("gold_y", 1, 2, "row counts differ")])

@@ -8,6 +8,8 @@ errors and event-log contents. Pipeline names are unique per test: the catalog i
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -488,6 +490,14 @@ def test_course_pipeline_gold_equals_the_imperative_gold(spark, data_dir, forget
         assert declarative.exceptAll(imperative).count() == 0, name
         assert imperative.exceptAll(declarative).count() == 0, name
     assert spark.table("gold.patient_summary").count() > 0
+
+    # The official spark-pipelines CLI (JVM, `make pipeline-spark`) defines every flow before
+    # any runs; the probe replays the definitions here, on Sail, and lists each engine request
+    # (schema, DDL, eager relation) a query function makes, which the CLI would refuse.
+    probe = subprocess.run([sys.executable, "-m", "utils.pipelines.official_check",
+                            "--probe-only"], capture_output=True, text=True, check=False,
+                           cwd=course_pipeline.parent.parent)
+    assert probe.returncode == 0, probe.stdout + probe.stderr[-2000:]
 
 
 def test_streaming_view_batch_is_offered_again_when_its_reader_failed(spark, data_dir, tmp_path):

@@ -62,7 +62,8 @@ def _tables(root: Path, layer: str) -> dict[str, Path]:
     return {p.name: p for p in sorted(folder.iterdir()) if is_delta_table(p)}
 
 
-def _read(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """A Delta table's rows as dicts, read with delta-rs (no engine)."""
     from deltalake import DeltaTable
 
     return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
@@ -128,7 +129,7 @@ def compare_roots(reference: Path, other: Path) -> list[TableComparison]:
                 missing = "reference" if table not in ref_tables else "other run"
                 results.append(TableComparison(layer, table, None, None, f"missing in the {missing}"))
                 continue
-            ref_rows, other_rows = _read(ref_tables[table]), _read(other_tables[table])
+            ref_rows, other_rows = read_rows(ref_tables[table]), read_rows(other_tables[table])
             if layer == "gold":
                 difference = compare_rows(ref_rows, other_rows)
             elif len(ref_rows) != len(other_rows):

@@ -99,7 +99,7 @@ def port_in_use(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _environment() -> dict[str, str]:
+def spark_environment() -> dict[str, str]:
     """The JVMs' environment: Spark from the wheel, Python workers from this interpreter (the
     course's venv), everything bound to the loopback interface."""
     env = dict(os.environ)
@@ -213,7 +213,7 @@ class SparkServices:
         log = self.state_dir / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    cwd=self.state_dir, env=_environment(), start_new_session=True)
+                                    cwd=self.state_dir, env=spark_environment(), start_new_session=True)
         record = SparkProcess(name, main_class, proc.pid, port, str(log))
         self.processes = [p for p in self.processes if p.name != name] + [record]
         self._save()
@@ -251,28 +251,31 @@ class SparkServices:
         return master
 
     def start_connect_server(self, master: str = "local[2]", port: int | None = None,
-                             timezone: str | None = None) -> str:
+                             timezone: str | None = None,
+                             confs: dict[str, str] | None = None) -> str:
         """The Spark Connect server with Delta; returns its ``sc://`` URL.
 
         ``timezone`` sets the server JVM's own zone (hence its sessions' default): the Spark
         targets start it in another zone than UTC on purpose, to prove that the course's
-        sessions pin UTC themselves, as they must on a cluster somebody else configured."""
+        sessions pin UTC themselves, as they must on a cluster somebody else configured.
+        ``confs`` are further Spark settings of the server (they win over the course's)."""
         _require_java()
         port = port or free_port()
-        confs = {**DELTA_CONFS, **SMALL_DATA_CONFS, **SERVER_CONFS,
-                 "spark.connect.grpc.binding.address": "127.0.0.1",
-                 "spark.connect.grpc.binding.port": str(port),
-                 "spark.sql.warehouse.dir": str(self.state_dir / "warehouse"),
-                 "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
-                 "spark.pyspark.python": sys.executable}
+        settings = {**DELTA_CONFS, **SMALL_DATA_CONFS, **SERVER_CONFS,
+                    "spark.connect.grpc.binding.address": "127.0.0.1",
+                    "spark.connect.grpc.binding.port": str(port),
+                    "spark.sql.warehouse.dir": str(self.state_dir / "warehouse"),
+                    "spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                    "spark.pyspark.python": sys.executable}
         if timezone:
-            confs["spark.driver.extraJavaOptions"] = f"-Duser.timezone={timezone}"
+            settings["spark.driver.extraJavaOptions"] = f"-Duser.timezone={timezone}"
         if master.startswith("spark://"):  # one executor per worker, one core each
-            confs.update({"spark.executor.cores": "1", "spark.executor.memory": "1g",
-                          "spark.cores.max": "2"})
+            settings.update({"spark.executor.cores": "1", "spark.executor.memory": "1g",
+                             "spark.cores.max": "2"})
+        settings.update(confs or {})
         args = [str(spark_home() / "bin" / "spark-submit"), "--class", CONNECT_SERVER_CLASS,
                 "--master", master, "--driver-memory", "2g", "--packages", delta_package(),
-                *_confs(confs), "--name", "medallion-course-connect", "spark-internal"]
+                *_confs(settings), "--name", "medallion-course-connect", "spark-internal"]
         self._launch("connect", CONNECT_SERVER_CLASS, args, port)
         return f"sc://127.0.0.1:{port}"
 
@@ -316,7 +319,7 @@ def fetch_jars() -> list[Path]:
         with open(log, "wb") as out:
             code = subprocess.call([str(spark_home() / "bin" / "spark-submit"), "--packages",
                                     delta_package(), str(noop)], stdout=out,
-                                   stderr=subprocess.STDOUT, env=_environment(), cwd=tmp)
+                                   stderr=subprocess.STDOUT, env=spark_environment(), cwd=tmp)
         text = log.read_text(errors="replace")
         if code != 0:
             raise SparkServiceError(f"Resolving the Delta jars failed: {_explain_failure(log)}.")

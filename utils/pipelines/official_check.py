@@ -11,13 +11,13 @@ Delta Lake, and proves both give the same gold tables, row for row:
    CLI refuses while it defines the flows (:func:`probe_definitions`); if so, list each with
    the course function to change and stop (``--no-probe`` runs the CLI anyway);
 3. run ``spark-pipelines run --spec <copy of notebooks/pipeline/spark-pipeline.yml>`` in
-   ``<data root>/pipelines/official/run/`` (wiped first), against a Spark Connect server it
-   starts on a free port (``--remote``); Delta comes from a ``spark-defaults.conf`` in
-   ``$SPARK_CONF_DIR`` there (``spark.jars.packages`` = delta-spark from Maven Central, the SQL
-   extension and the Delta catalog, the warehouse folder), the ordinary Spark way: the CLI's
-   ``--packages``/``--conf`` do not reach the JVM that runs the pipeline (measured), and the
-   spec's ``configuration`` is re-applied to every flow, where static confs fail;
-4. read both runs' gold Delta tables with ``deltalake`` (no JVM), sort them, compare.
+   ``<data root>/pipelines/official/run/`` (wiped first), against the Spark Connect server
+   with Delta of ``utils.spark_server`` (the one ``make test-spark`` uses) on a free port
+   (``--remote``: without it the CLI starts its own server on the fixed port 15002, and its
+   ``--packages``/``--conf`` do not reach that JVM, measured); the pipeline's tables are
+   Delta tables in that server's warehouse folder;
+4. read both runs' gold Delta tables with ``deltalake`` (no JVM) and compare them row for
+   row, as ``utils.compare_engines`` compares two engines' lakehouses.
 
 Prints one screen (stages with their time, every gold table with both row counts and
 equal/different) and exits 0 only when every gold table is equal; 1 when one differs or a run
@@ -34,20 +34,16 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from utils.config import REPO_ROOT, get_config
+from utils.spark_server import delta_package
 
 PIPELINE_DIR = REPO_ROOT / "notebooks" / "pipeline"
 OFFICIAL_SPEC = PIPELINE_DIR / "spark-pipeline.yml"
 MAVEN_CENTRAL = "https://repo1.maven.org/maven2"
-DELTA_CLASSES = {
-    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-}
 
 
 class CheckError(RuntimeError):
@@ -94,17 +90,6 @@ def _n(value: int | None) -> str:
 
 
 # ----- prerequisites ---------------------------------------------------------------------------
-def delta_package() -> str:
-    """The delta-spark Maven coordinate matching the installed pyspark and delta-spark wheels
-    (the same rule as ``delta.configure_spark_with_delta_pip``)."""
-    from importlib.metadata import version
-
-    import pyspark
-
-    spark = ".".join(pyspark.__version__.split(".")[:2])
-    return f"io.delta:delta-spark_{spark}_2.13:{version('delta-spark')}"
-
-
 def spark_pipelines_command() -> Path:
     """The ``spark-pipelines`` launcher: the venv's, else the one inside the pyspark package."""
     beside = Path(sys.executable).parent / "spark-pipelines"
@@ -233,94 +218,30 @@ def official_spec_text(folder: Path, storage: Path) -> str:
     return header + yaml.safe_dump(spec, sort_keys=False)
 
 
-def spark_defaults(package: str, warehouse: Path) -> dict[str, str]:
-    """The engine configuration of the CLI's JVM: Delta and where its tables go."""
-    return {
-        "spark.jars.packages": package,
-        **DELTA_CLASSES,
-        "spark.sql.sources.default": "delta",
-        "spark.sql.warehouse.dir": str(warehouse.resolve()),
-        "spark.sql.shuffle.partitions": "4",
-        "spark.ui.showConsoleProgress": "false",
-        "spark.sql.session.timeZone": "UTC",
-    }
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def spark_submit_command() -> Path:
-    return spark_pipelines_command().with_name("spark-submit")
-
-
-@contextmanager
-def connect_server(env: dict[str, str], cwd: Path, log: Path,
-                   timeout: float = 300) -> Iterator[str]:
-    """A Spark Connect server (JVM Spark with ``$SPARK_CONF_DIR``'s Delta conf) on a free port
-    of 127.0.0.1, for the ``with`` block; yields its ``sc://`` URL, then stops it.
-
-    ``spark-pipelines`` without ``--remote`` starts its own server on the fixed port 15002 and
-    fails when another Spark Connect server (or a second check) holds it; a server of our own
-    on a free port avoids that.
-    """
-    port = free_port()
-    command = [str(spark_submit_command()), "--class",
-               "org.apache.spark.sql.connect.service.SparkConnectServer",
-               "--conf", f"spark.connect.grpc.binding.port={port}",
-               "--conf", "spark.connect.grpc.binding.address=127.0.0.1"]
-    log.parent.mkdir(parents=True, exist_ok=True)
-    out = log.open("w", encoding="utf-8")
-    server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                              start_new_session=True)
-    try:
-        deadline = time.monotonic() + timeout
-        while "Spark Connect server started" not in log.read_text(errors="replace"):
-            if server.poll() is not None:
-                text = log.read_text(errors="replace")
-                if re.search(r"unresolved dependency|resolution failed|UnknownHost", text):
-                    raise CheckError("The Spark Connect server could not download the Delta "
-                                     f"jars from Maven Central: {_last_error(log)} (see {log})", 2)
-                raise CheckError(f"The Spark Connect server did not start: {_last_error(log)} "
-                                 f"(see {log})", 2)
-            if time.monotonic() > deadline:
-                raise CheckError(f"The Spark Connect server did not start in {timeout:.0f} s "
-                                 f"(see {log})", 2)
-            time.sleep(1)
-        yield f"sc://127.0.0.1:{port}"
-    finally:
-        if server.poll() is None:
-            server.terminate()          # the JVM itself: spark-class execs java
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
-        out.close()
-
-
-def run_official(data_root: Path, folder: Path, package: str, stage: Stage) -> Path:
+def run_official(data_root: Path, folder: Path, stage: Stage) -> Path:
     """Run ``spark-pipelines`` for a copy of the official spec in ``folder``/run (recreated),
-    against a Connect server of our own; return the warehouse folder holding its tables."""
+    against a Spark Connect server with Delta on a free port (``utils.spark_server``, the
+    server of ``make test-spark``); return the warehouse folder holding its tables."""
+    from utils.spark_server import SparkServiceError, SparkServices, spark_environment
+
     shutil.rmtree(folder / "run", ignore_errors=True)
     run_dir = folder / "run"
-    conf_dir, warehouse = run_dir / "conf", run_dir / "warehouse"
-    conf_dir.mkdir(parents=True)
-    (conf_dir / "spark-defaults.conf").write_text(
-        "".join(f"{k} {v}\n" for k, v in spark_defaults(package, warehouse).items()))
+    run_dir.mkdir(parents=True)
     spec = run_dir / "spark-pipeline.yml"
     spec.write_text(official_spec_text(run_dir, run_dir / "storage"))
-    env = _course_env(data_root)
-    env.update(SPARK_CONF_DIR=str(conf_dir), PYSPARK_PYTHON=sys.executable,
-               PYSPARK_DRIVER_PYTHON=sys.executable)
+    services = SparkServices(run_dir / "spark")
     log = folder / "spark-pipelines.log"
-    with connect_server(env, run_dir, folder / "connect-server.log") as remote:
+    try:
+        # the pipeline's tables are Delta tables in the server's warehouse folder
+        remote = services.start_connect_server(confs={"spark.sql.sources.default": "delta"})
+        # the CLI's launcher finds Spark (SPARK_HOME) and Python as the server does
+        env = {**spark_environment(), "COURSE_DATA_DIR": str(data_root)}
         done = _run([str(spark_pipelines_command()), "run", "--remote", remote, "--spec",
                      str(spec)], log, env, cwd=run_dir)
+    except SparkServiceError as err:
+        raise CheckError(str(err), 2) from None
+    finally:
+        services.stop()
     text = log.read_text(encoding="utf-8", errors="replace")
     completed = set(re.findall(r"Flow '?([\w.`]+)'? has COMPLETED", text))
     failed = set(re.findall(r"Flow '?([\w.`]+)'? has FAILED", text))
@@ -340,16 +261,21 @@ def run_official(data_root: Path, folder: Path, package: str, stage: Stage) -> P
         raise CheckError(f"spark-pipelines failed ({len(failed)} flow(s) FAILED): "
                          f"{_last_error(log)}{where} (see {log})")
     stage.note = f"{len(completed)} flows COMPLETED"
-    return warehouse
+    return services.state_dir / "warehouse"
 
 
 # ----- definition probe (Sail, no JVM) -----------------------------------------------------------
-#: Relations a Spark Connect server plans by analysing their input at once (``Dataset.ofRows``):
-#: in the pipelines CLI that input is a pipeline dataset that does not exist yet when the flow is
-#: defined, so the definition fails (TABLE_OR_VIEW_NOT_FOUND). Measured with pyspark 4.2 (drop,
-#: withColumnRenamed: SparkConnectPlanner calls Dataset.ofRows; dropDuplicates/distinct: its
-#: transformDeduplicate analyses the input, seen failing on silver_known_keys).
-EAGER_RELATIONS = ("drop {", "with_columns_renamed {", "deduplicate {")
+#: Relations a Spark Connect server plans by analysing their input at once (``Dataset.ofRows``,
+#: no fallback): in the pipelines CLI that input is a pipeline dataset that does not exist yet
+#: when the flow is defined, so the definition fails (TABLE_OR_VIEW_NOT_FOUND). Read from the
+#: planner of the pyspark 4.2 wheel (``javap`` of SparkConnectPlanner), the relations a query
+#: function may build: ``drop``, ``dropDuplicates``/``distinct``, ``fillna``, ``dropna``,
+#: ``na.replace``, ``to(schema)``, ``sample`` and ``withWatermark`` analyse their input;
+#: ``withColumn(s)`` and ``withColumnRenamed`` try to and fall back to a lazy projection;
+#: select, filter, join, groupBy-agg, union and sort are lazy. ``utils.frames`` has the lazy
+#: equivalents of drop and distinct.
+EAGER_RELATIONS = ("drop {", "deduplicate {", "fill_na {", "drop_na {", "replace {",
+                   "to_schema {", "sample {", "with_watermark {")
 
 
 def probe_definitions(pipeline_dir: Path = PIPELINE_DIR) -> list[str]:
@@ -464,34 +390,15 @@ def run_probe(data_root: Path, log: Path, stage: Stage) -> None:
 
 
 # ----- comparison --------------------------------------------------------------------------------
-def read_delta(path: Path):
-    """A Delta table as a pandas DataFrame, rows sorted by every column (NULLs last)."""
-    from deltalake import DeltaTable
-
-    frame = DeltaTable(str(path)).to_pandas()
-    if len(frame.columns):
-        frame = frame.sort_values(list(frame.columns), na_position="last", kind="mergesort")
-    return frame.reset_index(drop=True)
-
-
 def compare_tables(local: Path, official: Path) -> tuple[int | None, int | None, str]:
-    """(local rows, official rows, ``equal`` or what differs)."""
-    import pandas as pd
+    """(local rows, official rows, ``equal`` or what differs), by ``utils.compare_engines``."""
+    from utils.compare_engines import compare_rows, read_rows
 
     if not local.exists() or not official.exists():
         missing = "local" if not local.exists() else "spark-pipelines"
         return (None, None, f"missing in the {missing} run")
-    a, b = read_delta(local), read_delta(official)
-    if list(a.columns) != list(b.columns):
-        return (len(a), len(b), f"columns differ: {list(a.columns)} vs {list(b.columns)}")
-    if len(a) != len(b):
-        return (len(a), len(b), "row counts differ")
-    try:
-        pd.testing.assert_frame_equal(a, b, check_dtype=False, check_exact=True)
-    except AssertionError as err:
-        detail = " ".join(str(err).split())
-        return (len(a), len(b), f"values differ: {detail[:160]}")
-    return (len(a), len(b), "equal")
+    a, b = read_rows(local), read_rows(official)
+    return (len(a), len(b), compare_rows(a, b) or "equal")
 
 
 def gold_tables() -> list[str]:
@@ -522,8 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = Stage("0 prerequisites (Java, CLI, Delta jars)")
         report.stages.append(stage)
         started = time.perf_counter()
-        package = delta_package()
-        stage.note = check_prerequisites(package)
+        stage.note = check_prerequisites(delta_package())
         stage.seconds = time.perf_counter() - started
 
         for name, action in (("1 default dataset", lambda s: generate_data(data_root, s)),
@@ -545,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = Stage("3 spark-pipelines on JVM Spark + Delta")
         report.stages.append(stage)
         started = time.perf_counter()
-        warehouse = run_official(data_root, folder, package, stage)
+        warehouse = run_official(data_root, folder, stage)
         stage.seconds = time.perf_counter() - started
 
         stage = Stage("4 compare gold tables (deltalake)")
