@@ -105,3 +105,16 @@ clean: ## Remove .venv, caches and executed notebook copies (keeps data/)
 
 pipeline-spark: spark-jars ## Run notebooks/pipeline with the official spark-pipelines CLI on JVM Spark + Delta; gold must equal the local runner's
 	COURSE_DATA_DIR=$(TEST_DATA_DIR)-spark $(PY) -m utils.pipelines.official_check; rc=$$?; rm -rf $(TEST_DATA_DIR)-spark; exit $$rc
+
+# The schema tests/test_bundle.py validates databricks.yml + resources/*.yml against: what
+# `databricks bundle schema` prints, from a Databricks CLI built from its Go module (needs Go and
+# the Go module proxy, here only; the test reads the stored file). The binary stays in build/.
+DATABRICKS_CLI_VERSION ?= v1.12.1
+DATABRICKS_CLI := build/databricks-cli/databricks-$(DATABRICKS_CLI_VERSION)
+bundle-schema: ## Rebuild tests/fixtures/databricks_bundle_schema.json with the Databricks CLI (Go; ~4 min the first time)
+	go mod download github.com/databricks/cli@$(DATABRICKS_CLI_VERSION)
+	cd "$$(go env GOMODCACHE)/github.com/databricks/cli@$(DATABRICKS_CLI_VERSION)" && go build -trimpath \
+		-ldflags "-X github.com/databricks/cli/internal/build.buildVersion=$(DATABRICKS_CLI_VERSION:v%=%)" \
+		-o "$(CURDIR)/$(DATABRICKS_CLI)" .
+	$(DATABRICKS_CLI) bundle schema > tests/fixtures/databricks_bundle_schema.json
+	$(DATABRICKS_CLI) --version > tests/fixtures/databricks_bundle_schema.version
