@@ -159,3 +159,71 @@ def test_local_check_prints_the_same_lines_as_before(monkeypatch):
     assert doctor.version_lines(versions) == [
         f"pyspark    {metadata.version('pyspark')}", f"pysail     {metadata.version('pysail')}",
         f"deltalake  {metadata.version('deltalake')}", "engine     sail"]
+
+
+# ----- 2. notebook 02: reset_bronze and the commit log ------------------------------------------
+def test_reset_bronze_keeps_databricks_tables(spark, data_dir, capsys):
+    from tests.test_gold import forget_course_tables
+    from utils.bronze import reset_bronze
+    from utils.tables import write_table
+
+    forget_course_tables(spark)
+    write_table(spark.range(3).selectExpr("CAST(id AS STRING) AS value"), "bronze", "encounters")
+    assert reset_bronze(spark, CourseConfig(data_root=data_dir, databricks=True)) == []
+    assert capsys.readouterr().out == ("Bronze is append-only on Databricks: its tables are kept, "
+                                       "and the runs below add only files not ingested yet.\n")
+    assert spark.table("bronze.encounters").count() == 3
+    assert (data_dir / "lakehouse" / "bronze" / "encounters" / "_delta_log").is_dir()
+
+
+#: ``DESCRIBE HISTORY`` of a bronze table after CREATE TABLE and two appends, newest first, as
+#: Databricks returns it (the columns delta_log_commits reads).
+HISTORY = [
+    {"version": 2, "operation": "WRITE", "operationParameters": {"mode": "Append"},
+     "isBlindAppend": True, "operationMetrics": {"numFiles": "1", "numOutputRows": "4037"}},
+    {"version": 1, "operation": "WRITE", "operationParameters": {"mode": "Append"},
+     "isBlindAppend": True, "operationMetrics": {"numFiles": "1", "numOutputRows": "519"}},
+    {"version": 0, "operation": "CREATE TABLE", "operationParameters": {"isManaged": "true"},
+     "isBlindAppend": True, "operationMetrics": {}},
+]
+
+
+def test_delta_log_commits_on_databricks_reads_describe_history(on_databricks):
+    from utils.bronze import delta_log_commits
+
+    session = RecordingSession({"DESCRIBE HISTORY": HISTORY})
+    commits = delta_log_commits("encounters", on_databricks, spark=session)
+    assert session.statements == ["DESCRIBE HISTORY medallion_course.bronze.encounters"]
+    assert commits == [
+        {"version": 0, "log_file": "_delta_log/00000000000000000000.json",
+         "operation": "CREATE TABLE", "mode": None, "added_files": 0, "rows_added": 0},
+        {"version": 1, "log_file": "_delta_log/00000000000000000001.json",
+         "operation": "WRITE", "mode": "Append", "added_files": 1, "rows_added": 519},
+        {"version": 2, "log_file": "_delta_log/00000000000000000002.json",
+         "operation": "WRITE", "mode": "Append", "added_files": 1, "rows_added": 4037}]
+
+
+def test_commit_actions_on_databricks_is_the_commit_info_of_history(on_databricks):
+    from utils.bronze import commit_actions
+
+    session = RecordingSession({"DESCRIBE HISTORY": HISTORY})
+    assert commit_actions("encounters", 1, on_databricks, spark=session) == [{"commitInfo": {
+        "operation": "WRITE", "operationParameters": {"mode": "Append"}, "isBlindAppend": True,
+        "operationMetrics": {"numFiles": "1", "numOutputRows": "519"}}}]
+
+
+def test_commit_actions_locally_are_the_commit_file_lines(spark, data_dir):
+    from tests.test_gold import forget_course_tables
+    from utils.bronze import commit_actions, delta_log_commits
+    from utils.config import get_config
+    from utils.tables import write_table
+
+    forget_course_tables(spark)
+    write_table(spark.range(4).selectExpr("CAST(id AS STRING) AS value"), "bronze", "encounters")
+    write_table(spark.range(2).selectExpr("CAST(id AS STRING) AS value"), "bronze", "encounters",
+                mode="append")
+    actions = commit_actions("encounters", 1)
+    assert {"commitInfo", "add"} <= {next(iter(a)) for a in actions}
+    adds = [a["add"] for a in actions if "add" in a]
+    assert [json.loads(a["stats"])["numRecords"] for a in adds] == [2]
+    assert [c["rows_added"] for c in delta_log_commits("encounters", get_config())] == [4, 2]

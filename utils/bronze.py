@@ -421,13 +421,17 @@ def reset_bronze(spark: "SparkSession", config: CourseConfig | None = None) -> l
 
     Bronze is append-only in production. Notebook 02 calls this once so its first incremental
     run starts from an empty bronze whatever ran before; the landing zone is the system of
-    record and the next ``ingest_landing`` rebuilds bronze from it. Refused on Databricks.
+    record and the next ``ingest_landing`` rebuilds bronze from it. On Databricks it never
+    drops a table: it prints one line saying bronze is kept, returns ``[]``, and the runs that
+    follow add only the files bronze does not hold yet.
     """
     import shutil
 
     config = config or get_config()
     if config.databricks:
-        raise RuntimeError("reset_bronze is a local lesson helper: it never drops Databricks tables.")
+        print("Bronze is append-only on Databricks: its tables are kept, and the runs below "
+              "add only files not ingested yet.")
+        return []
     dropped = []
     with ingest_lock(config):
         for table in [*ENTITY_SPECS, EMPTY_FILES_TABLE]:
@@ -669,16 +673,20 @@ def ingest_landing(spark: "SparkSession", config: CourseConfig | None = None,
 
 
 # ----- the transaction log, for teaching --------------------------------------------------------
-def delta_log_commits(entity: str, config: CourseConfig | None = None) -> list[dict[str, Any]]:
-    """One dict per commit of a local bronze table, read from ``_delta_log/*.json``.
+def delta_log_commits(entity: str, config: CourseConfig | None = None,
+                      spark: "SparkSession | None" = None) -> list[dict[str, Any]]:
+    """One dict per commit of a bronze table, oldest first.
 
     Keys: version, log_file (relative to the data root), operation, mode, added_files,
     rows_added (from the add actions' statistics). No timestamps or absolute paths, so a
-    notebook can print it deterministically.
+    notebook can print it deterministically. Locally it reads ``_delta_log/*.json``; on
+    Databricks a managed table's log is not readable from a notebook, so the same keys come
+    from ``DESCRIBE HISTORY`` (``numFiles``/``numOutputRows`` of each commit's metrics) and
+    ``log_file`` is the commit's name inside the table's log (``_delta_log/<version>.json``).
     """
     config = config or get_config()
     if config.databricks:
-        raise RuntimeError("On Databricks use DESCRIBE HISTORY instead of reading _delta_log.")
+        return _history_commits(spark, entity, config)
     log_dir = config.table_path(LAYER, entity) / "_delta_log"
     commits = []
     for log_file in sorted(log_dir.glob("*.json")):
@@ -696,18 +704,71 @@ def delta_log_commits(entity: str, config: CourseConfig | None = None) -> list[d
                     stats = action["add"].get("stats")
                     if stats:
                         rows += int(json.loads(stats).get("numRecords", 0))
-        commits.append({
-            "version": int(log_file.stem),
-            "log_file": log_file.relative_to(config.data_root).as_posix(),
-            "operation": info.get("operation"),
-            # a write's save mode; engines disagree on what a CREATE TABLE records (Sail
-            # "ErrorIfExists", delta-spark nothing), and it has no write mode to show
-            "mode": ((info.get("operationParameters") or {}).get("mode")
-                     if info.get("operation") == "WRITE" else None),
-            "added_files": added,
-            "rows_added": rows,
-        })
+        commits.append(_commit_summary(int(log_file.stem),
+                                       log_file.relative_to(config.data_root).as_posix(),
+                                       info.get("operation"), info.get("operationParameters"),
+                                       added, rows))
     return commits
+
+
+def _commit_summary(version: int, log_file: str, operation: str | None,
+                    parameters: dict[str, Any] | None, added: int, rows: int) -> dict[str, Any]:
+    return {
+        "version": version,
+        "log_file": log_file,
+        "operation": operation,
+        # a write's save mode; engines disagree on what a CREATE TABLE records (Sail
+        # "ErrorIfExists", delta-spark nothing), and it has no write mode to show
+        "mode": (parameters or {}).get("mode") if operation == "WRITE" else None,
+        "added_files": added,
+        "rows_added": rows,
+    }
+
+
+def _history_commits(spark: "SparkSession | None", entity: str,
+                     config: CourseConfig) -> list[dict[str, Any]]:
+    """:func:`delta_log_commits` from ``DESCRIBE HISTORY`` (Delta SQL, for managed tables)."""
+    if spark is None:
+        from utils.session import get_spark
+
+        spark = get_spark()
+    rows = spark.sql(f"DESCRIBE HISTORY {config.full_table_name(LAYER, entity)}").collect()
+    commits = []
+    for row in sorted(rows, key=lambda r: int(r["version"])):
+        metrics = row["operationMetrics"] or {}
+        version = int(row["version"])
+        commits.append(_commit_summary(version, f"_delta_log/{version:020d}.json",
+                                       row["operation"], row["operationParameters"],
+                                       int(metrics.get("numFiles", 0) or 0),
+                                       int(metrics.get("numOutputRows", 0) or 0)))
+    return commits
+
+
+def commit_actions(entity: str, version: int, config: CourseConfig | None = None,
+                   spark: "SparkSession | None" = None) -> list[dict[str, Any]]:
+    """The actions of one commit of a bronze table, one dict per action (``{"commitInfo": ...}``,
+    ``{"add": ...}``, ...), as the commit's JSON lines hold them.
+
+    On Databricks the log of a managed table is not readable from a notebook; ``DESCRIBE
+    HISTORY`` holds each commit's ``commitInfo`` (operation, parameters, ``isBlindAppend``,
+    metrics), so only that action is returned there.
+    """
+    config = config or get_config()
+    if config.databricks:
+        if spark is None:
+            from utils.session import get_spark
+
+            spark = get_spark()
+        row = (spark.sql(f"DESCRIBE HISTORY {config.full_table_name(LAYER, entity)}")
+               .where(f"version = {int(version)}").first())
+        return [] if row is None else [{"commitInfo": {
+            "operation": row["operation"],
+            "operationParameters": dict(row["operationParameters"] or {}),
+            "isBlindAppend": row["isBlindAppend"],
+            "operationMetrics": dict(row["operationMetrics"] or {})}}]
+    log_file = config.table_path(LAYER, entity) / "_delta_log" / f"{int(version):020d}.json"
+    return [json.loads(line) for line in log_file.read_text(encoding="utf-8").splitlines()
+            if line.strip()]
 
 
 __all__ = [
@@ -717,6 +778,7 @@ __all__ = [
     "EMPTY_FILES_TABLE",
     "IngestReport",
     "bronze_table_name",
+    "commit_actions",
     "delta_log_commits",
     "discover_landing_files",
     "ensure_bronze_tables",
