@@ -227,3 +227,26 @@ def test_commit_actions_locally_are_the_commit_file_lines(spark, data_dir):
     adds = [a["add"] for a in actions if "add" in a]
     assert [json.loads(a["stats"])["numRecords"] for a in adds] == [2]
     assert [c["rows_added"] for c in delta_log_commits("encounters", get_config())] == [4, 2]
+
+
+# ----- 3. notebooks 06 and 08: the paths they print ---------------------------------------------
+def test_shown_path_is_relative_below_the_data_root_else_full(tmp_path):
+    from utils.teaching import shown_path
+
+    local = CourseConfig(data_root=tmp_path)
+    assert shown_path(local.reports_dir / "dq_scorecard.png", local) == "reports/dq_scorecard.png"
+    assert shown_path(local.reports_dir, local) == "reports"
+    databricks = CourseConfig(data_root=tmp_path, databricks=True, catalog="main")
+    assert shown_path(databricks.reports_dir / "dq_scorecard.png", databricks) == \
+        "/Volumes/main/landing/files/reports/dq_scorecard.png"
+
+
+def test_no_notebook_makes_a_path_relative_to_the_data_root_by_hand():
+    """``.relative_to(config.data_root)`` raises for a volume path: notebooks use shown_path."""
+    found = [f"{where}: {ast.unparse(node)}" for where, tree in _code_units()
+             if where not in LOCAL_RUNNER_NOTEBOOKS   # the local runner's lineage file
+             for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr == "relative_to"
+             and any(isinstance(a, ast.Attribute) and a.attr == "data_root" for a in node.args)]
+    assert found == []
