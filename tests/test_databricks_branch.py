@@ -250,3 +250,54 @@ def test_no_notebook_makes_a_path_relative_to_the_data_root_by_hand():
              and node.func.attr == "relative_to"
              and any(isinstance(a, ast.Attribute) and a.attr == "data_root" for a in node.args)]
     assert found == []
+
+
+# ----- 4. notebook 08: Spark confs only where the engine accepts them ---------------------------
+def test_optimize_with_a_target_size_sets_no_conf_on_databricks(on_databricks):
+    from utils import delta_ops
+
+    session = RecordingSession({"OPTIMIZE": [{"metrics": {"numFilesAdded": 2, "numFilesRemoved": 24}}]})
+    got = delta_ops.optimize(session, "scratch", "encounters_layout", zorder_by=["facility_id"],
+                             target_size=1000)
+    assert got == {"numFilesAdded": 2, "numFilesRemoved": 24}
+    assert session.conf.set_calls == []
+    assert session.statements == [
+        "ALTER TABLE scratch.encounters_layout SET TBLPROPERTIES ('delta.targetFileSize' = '1000')",
+        "OPTIMIZE scratch.encounters_layout ZORDER BY (facility_id)",
+        "ALTER TABLE scratch.encounters_layout UNSET TBLPROPERTIES IF EXISTS ('delta.targetFileSize')"]
+
+
+def test_vacuum_below_the_retention_sets_no_conf_on_databricks(on_databricks):
+    from utils import delta_ops
+
+    location = "s3://bucket/tables/abc"
+    session = RecordingSession({"DESCRIBE DETAIL": [{"location": location}],
+                                "VACUUM": [{"path": f"{location}/part-1.parquet"}]})
+    files = delta_ops.vacuum(session, "scratch", "encounters_layout", retention_hours=0,
+                             dry_run=False, enforce_retention=False)
+    assert files == ["part-1.parquet"]
+    assert session.conf.set_calls == []
+    assert session.statements == [
+        "ALTER TABLE scratch.encounters_layout SET TBLPROPERTIES "
+        "('delta.deletedFileRetentionDuration' = 'interval 0 hours')",
+        "DESCRIBE DETAIL scratch.encounters_layout",
+        "VACUUM scratch.encounters_layout RETAIN 0 HOURS DRY RUN",
+        "VACUUM scratch.encounters_layout RETAIN 0 HOURS"]
+
+
+def test_spark_with_delta_still_uses_the_session_confs(spark, data_dir, monkeypatch):
+    """JVM Delta / a Delta Spark Connect server: the confs are set for the command, then unset."""
+    from utils import delta_ops
+
+    delta_ops.write_scratch(spark.range(3), "conf_demo")
+    monkeypatch.setattr(delta_ops, "uses_sql", lambda: True)
+    session = RecordingSession({"OPTIMIZE": [{"metrics": {"numFilesAdded": 1, "numFilesRemoved": 1}}],
+                                "DESCRIBE DETAIL": [{"location": "file:/x"}]}, accepts_confs=True)
+    delta_ops.optimize(session, "scratch", "conf_demo", target_size=1000)
+    delta_ops.vacuum(session, "scratch", "conf_demo", retention_hours=0, enforce_retention=False)
+    assert session.conf.set_calls == [
+        ("spark.databricks.delta.optimize.maxFileSize", "1000"),
+        ("spark.databricks.delta.optimize.maxFileSize", None),
+        ("spark.databricks.delta.retentionDurationCheck.enabled", "false"),
+        ("spark.databricks.delta.retentionDurationCheck.enabled", None)]
+    assert not any(s.startswith("ALTER TABLE") for s in session.statements)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterable
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -370,15 +371,10 @@ def optimize(spark: SparkSession, layer: str, table: str | None = None,
     layer, table = _split(layer, table)
     zorder_by = list(zorder_by or [])
     if uses_sql():
-        key = "spark.databricks.delta.optimize.maxFileSize"
-        if target_size:
-            spark.conf.set(key, str(int(target_size)))
-        try:
-            zorder = f" ZORDER BY ({', '.join(zorder_by)})" if zorder_by else ""
-            metrics = spark.sql(f"OPTIMIZE {_sql_ref(spark, layer, table)}{zorder}").first()["metrics"]
-        finally:
-            if target_size:
-                spark.conf.unset(key)
+        ref = _sql_ref(spark, layer, table)
+        zorder = f" ZORDER BY ({', '.join(zorder_by)})" if zorder_by else ""
+        with _target_file_size(spark, ref, target_size):
+            metrics = spark.sql(f"OPTIMIZE {ref}{zorder}").first()["metrics"]
         return {"numFilesAdded": int(metrics["numFilesAdded"]),
                 "numFilesRemoved": int(metrics["numFilesRemoved"])}
     dt = _delta_table(layer, table)
@@ -407,19 +403,70 @@ def vacuum(spark: SparkSession, layer: str, table: str | None = None,
             enforce_retention_duration=enforce_retention)
         return sorted(files)
     ref = _sql_ref(spark, layer, table)
-    check = "spark.databricks.delta.retentionDurationCheck.enabled"
-    if not enforce_retention:
-        spark.conf.set(check, "false")
-    try:
+    with _short_retention_allowed(spark, ref, retention_hours, enforce_retention):
         location = str(spark.sql(f"DESCRIBE DETAIL {ref}").first()["location"]).rstrip("/") + "/"
         rows = spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS DRY RUN").collect()
         files = sorted(str(r["path"]).split(location, 1)[-1] for r in rows)
         if not dry_run:
             spark.sql(f"VACUUM {ref} RETAIN {int(retention_hours)} HOURS")
-    finally:
-        if not enforce_retention:
-            spark.conf.unset(check)
     return files
+
+
+# ----- Spark confs, only where the engine accepts them ------------------------------------------
+#: Session confs the maintenance commands use on open-source Delta (delta-spark). Databricks
+#: serverless accepts only a short list of Spark properties and refuses these, so there the
+#: same effect comes from a table property that needs no conf (see the two context managers).
+OPTIMIZE_MAX_FILE_SIZE_CONF = "spark.databricks.delta.optimize.maxFileSize"
+RETENTION_CHECK_CONF = "spark.databricks.delta.retentionDurationCheck.enabled"
+
+
+def sets_session_confs() -> bool:
+    """True where the maintenance confs may be set on the session (JVM Delta, a Spark Connect
+    server with Delta); False on Databricks, where table properties are used instead."""
+    return not _config().databricks
+
+
+@contextmanager
+def _target_file_size(spark: SparkSession, ref: str, target_size: int | None):
+    """OPTIMIZE's target file size for one command: the session conf where it is accepted,
+    else Databricks' table property ``delta.targetFileSize`` (removed again afterwards)."""
+    if not target_size:
+        yield
+        return
+    if sets_session_confs():
+        spark.conf.set(OPTIMIZE_MAX_FILE_SIZE_CONF, str(int(target_size)))
+        try:
+            yield
+        finally:
+            spark.conf.unset(OPTIMIZE_MAX_FILE_SIZE_CONF)
+        return
+    spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES ('delta.targetFileSize' = '{int(target_size)}')")
+    try:
+        yield
+    finally:
+        spark.sql(f"ALTER TABLE {ref} UNSET TBLPROPERTIES IF EXISTS ('delta.targetFileSize')")
+
+
+@contextmanager
+def _short_retention_allowed(spark: SparkSession, ref: str, retention_hours: int,
+                             enforce_retention: bool):
+    """Let ``VACUUM ... RETAIN <n> HOURS`` go below the table's retention when the caller asked
+    for it (``enforce_retention=False``): the session conf where it is accepted; on Databricks
+    the table's ``delta.deletedFileRetentionDuration`` is lowered to ``n`` hours, which is what
+    the check compares with, so no conf is needed (the table keeps that shorter retention)."""
+    if enforce_retention:
+        yield
+        return
+    if sets_session_confs():
+        spark.conf.set(RETENTION_CHECK_CONF, "false")
+        try:
+            yield
+        finally:
+            spark.conf.unset(RETENTION_CHECK_CONF)
+        return
+    spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES "
+              f"('delta.deletedFileRetentionDuration' = 'interval {int(retention_hours)} hours')")
+    yield
 
 
 # ----- constraints -----------------------------------------------------------------------------
