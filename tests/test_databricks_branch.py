@@ -301,3 +301,29 @@ def test_spark_with_delta_still_uses_the_session_confs(spark, data_dir, monkeypa
         ("spark.databricks.delta.retentionDurationCheck.enabled", "false"),
         ("spark.databricks.delta.retentionDurationCheck.enabled", None)]
     assert not any(s.startswith("ALTER TABLE") for s in session.statements)
+
+
+# ----- 5. the scorecard and the funnel count through the catalog --------------------------------
+def test_counts_come_from_the_catalog_not_a_local_folder(spark, data_dir, tmp_path_factory):
+    """Tables the catalog has and the lakehouse folder does not (as on Databricks) are counted."""
+    from tests.test_gold import forget_course_tables
+    from utils import plots
+    from utils.tables import write_table
+
+    forget_course_tables(spark)
+
+    def rows(n):
+        return spark.range(n).selectExpr("CAST(id AS INT) AS id")
+
+    write_table(rows(5), "bronze", "encounters")
+    write_table(rows(3), "silver", "encounters")
+    write_table(rows(1), "silver", "quarantine_encounters")
+    write_table(rows(4), "gold", "payer_mix")
+    elsewhere = CourseConfig(data_root=tmp_path_factory.mktemp("empty-root"), databricks=True)
+    assert not elsewhere.lakehouse_dir.exists()
+
+    got = plots.layer_row_counts(spark, elsewhere, landing={"claims": 0, "encounters": 5})
+    assert list(got.itertuples(index=False, name=None)) == [
+        ("landing", "claims", 0), ("landing", "encounters", 5), ("bronze", "encounters", 5),
+        ("silver", "encounters", 3), ("gold", "payer_mix", 4)]
+    assert plots.quarantine_counts(spark, elsewhere) == {"encounters": 1}

@@ -377,15 +377,21 @@ def dq_scorecard_data(metrics: "DataFrame | pd.DataFrame") -> "pd.DataFrame":
     return by
 
 
-def quarantine_counts(spark: "SparkSession", config: CourseConfig | None = None) -> dict[str, int]:
-    """Rows in each ``silver.quarantine_<entity>`` table, by entity (sorted)."""
-    from utils.tables import existing_tables
+def _catalog_counts(spark: "SparkSession", names: list[str]) -> dict[str, int]:
+    """Rows of each table in ``names`` the session's catalog has (tables it lacks are left
+    out), asked through the catalog, never a folder: the same on every engine and on
+    Databricks, where the tables are managed and have no local folder."""
+    return {name: spark.table(name).count() for name in names if spark.catalog.tableExists(name)}
 
-    found = {}
-    for layer, table, _ in existing_tables(config):
-        if layer == "silver" and table.startswith("quarantine_"):
-            found[table.removeprefix("quarantine_")] = spark.table(f"silver.{table}").count()
-    return dict(sorted(found.items()))
+
+def quarantine_counts(spark: "SparkSession", config: CourseConfig | None = None) -> dict[str, int]:
+    """Rows in each ``silver.quarantine_<entity>`` table, by entity (sorted), for the bronze
+    entities of the contract whose quarantine table exists in the catalog."""
+    from utils.bronze import ENTITY_SPECS
+
+    config = config or get_config()
+    names = {config.table_name("silver", f"quarantine_{e}"): e for e in sorted(ENTITY_SPECS)}
+    return {names[name]: n for name, n in _catalog_counts(spark, list(names)).items()}
 
 
 #: Pass-rate bands of the scorecard: (lowest pass rate, cell color, meaning).
@@ -514,19 +520,16 @@ def layer_row_counts(spark: "SparkSession", config: CourseConfig | None = None,
     """
     import pandas as pd
 
-    from utils.tables import existing_tables
+    from utils.gold import gold_tables
 
     config = config or get_config()
     landing = landing if landing is not None else landing_row_counts(config)
     rows = [("landing", entity, n) for entity, n in landing.items()]
-    present = {(layer, table) for layer, table, _ in existing_tables(config)}
     for layer in ("bronze", "silver"):
-        for entity in landing:
-            if (layer, entity) in present:
-                rows.append((layer, entity, spark.table(f"{layer}.{entity}").count()))
-    for layer, table in sorted(present):
-        if layer == "gold":
-            rows.append(("gold", table, spark.table(f"gold.{table}").count()))
+        counted = _catalog_counts(spark, [config.table_name(layer, e) for e in landing])
+        rows += [(layer, name.split(".", 1)[1], n) for name, n in counted.items()]
+    counted = _catalog_counts(spark, [config.table_name("gold", t) for t in sorted(gold_tables())])
+    rows += [("gold", name.split(".", 1)[1], n) for name, n in counted.items()]
     df = pd.DataFrame(rows, columns=["layer", "table", "rows"])
     df["order"] = df["layer"].map({layer: i for i, layer in enumerate(LAYER_ORDER)})
     return (df.sort_values(["order", "table"]).drop(columns="order")
