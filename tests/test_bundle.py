@@ -406,3 +406,20 @@ def test_databricks_bundle_validate_strict(tmp_path):
     tasks = {t["task_key"]: t for t in job["tasks"]}          # the CLI sorts them by key
     assert tasks["n00_environment_check"]["notebook_task"]["notebook_path"] == \
         f"{files}/notebooks/00_environment_check"
+
+
+def test_every_job_notebook_declares_the_course_environment(resources):
+    """A serverless notebook task runs in the notebook's own environment, not the job's: each
+    lesson notebook declares the job environment's dependencies in its Databricks metadata
+    (``--editable ..``: the repository, one folder up), or it would run without faker."""
+    (path, job), = _jobs(resources).values()
+    spec = job["environments"][0]["spec"]
+    wanted = [("--editable .." if d == INSTALL_THE_BUNDLE else d) for d in spec["dependencies"]]
+    version = yaml.safe_load(BUNDLE.read_text())["variables"]["serverless_environment_version"]
+    for task in (t for t in job["tasks"] if "notebook_task" in t):
+        notebook = path.parent / task["notebook_task"]["notebook_path"]
+        metadata = json.loads(notebook.read_text())["metadata"]
+        env = metadata.get("application/vnd.databricks.v1+notebook", {}).get("environmentMetadata")
+        assert env is not None, f"{notebook.name} declares no Databricks environment"
+        assert (env["dependencies"], env["environment_version"]) == (
+            wanted, str(version["default"])), notebook.name
