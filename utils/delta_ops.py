@@ -427,24 +427,31 @@ def sets_session_confs() -> bool:
 
 
 @contextmanager
+def _session_conf(spark: SparkSession, key: str, value: str):
+    """``key`` set to ``value`` on the session for the ``with`` block, unset afterwards."""
+    spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key)
+
+
+@contextmanager
 def _target_file_size(spark: SparkSession, ref: str, target_size: int | None):
     """OPTIMIZE's target file size for one command: the session conf where it is accepted,
     else Databricks' table property ``delta.targetFileSize`` (removed again afterwards)."""
     if not target_size:
         yield
-        return
-    if sets_session_confs():
-        spark.conf.set(OPTIMIZE_MAX_FILE_SIZE_CONF, str(int(target_size)))
+    elif sets_session_confs():
+        with _session_conf(spark, OPTIMIZE_MAX_FILE_SIZE_CONF, str(int(target_size))):
+            yield
+    else:
+        spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES "
+                  f"('delta.targetFileSize' = '{int(target_size)}')")
         try:
             yield
         finally:
-            spark.conf.unset(OPTIMIZE_MAX_FILE_SIZE_CONF)
-        return
-    spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES ('delta.targetFileSize' = '{int(target_size)}')")
-    try:
-        yield
-    finally:
-        spark.sql(f"ALTER TABLE {ref} UNSET TBLPROPERTIES IF EXISTS ('delta.targetFileSize')")
+            spark.sql(f"ALTER TABLE {ref} UNSET TBLPROPERTIES IF EXISTS ('delta.targetFileSize')")
 
 
 @contextmanager
@@ -456,17 +463,13 @@ def _short_retention_allowed(spark: SparkSession, ref: str, retention_hours: int
     the check compares with, so no conf is needed (the table keeps that shorter retention)."""
     if enforce_retention:
         yield
-        return
-    if sets_session_confs():
-        spark.conf.set(RETENTION_CHECK_CONF, "false")
-        try:
+    elif sets_session_confs():
+        with _session_conf(spark, RETENTION_CHECK_CONF, "false"):
             yield
-        finally:
-            spark.conf.unset(RETENTION_CHECK_CONF)
-        return
-    spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES "
-              f"('delta.deletedFileRetentionDuration' = 'interval {int(retention_hours)} hours')")
-    yield
+    else:
+        spark.sql(f"ALTER TABLE {ref} SET TBLPROPERTIES "
+                  f"('delta.deletedFileRetentionDuration' = 'interval {int(retention_hours)} hours')")
+        yield
 
 
 # ----- constraints -----------------------------------------------------------------------------
