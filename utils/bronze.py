@@ -725,14 +725,21 @@ def _commit_summary(version: int, log_file: str, operation: str | None,
     }
 
 
-def _history_commits(spark: "SparkSession | None", entity: str,
-                     config: CourseConfig) -> list[dict[str, Any]]:
-    """:func:`delta_log_commits` from ``DESCRIBE HISTORY`` (Delta SQL, for managed tables)."""
+def _describe_history(spark: "SparkSession | None", entity: str,
+                      config: CourseConfig) -> "DataFrame":
+    """``DESCRIBE HISTORY`` of a bronze table by its catalog name (the course's session unless
+    ``spark`` is given): a managed table's log cannot be read from a notebook."""
     if spark is None:
         from utils.session import get_spark
 
         spark = get_spark()
-    rows = spark.sql(f"DESCRIBE HISTORY {config.full_table_name(LAYER, entity)}").collect()
+    return spark.sql(f"DESCRIBE HISTORY {config.full_table_name(LAYER, entity)}")
+
+
+def _history_commits(spark: "SparkSession | None", entity: str,
+                     config: CourseConfig) -> list[dict[str, Any]]:
+    """:func:`delta_log_commits` from ``DESCRIBE HISTORY`` (Delta SQL, for managed tables)."""
+    rows = _describe_history(spark, entity, config).collect()
     commits = []
     for row in sorted(rows, key=lambda r: int(r["version"])):
         metrics = row["operationMetrics"] or {}
@@ -755,12 +762,7 @@ def commit_actions(entity: str, version: int, config: CourseConfig | None = None
     """
     config = config or get_config()
     if config.databricks:
-        if spark is None:
-            from utils.session import get_spark
-
-            spark = get_spark()
-        row = (spark.sql(f"DESCRIBE HISTORY {config.full_table_name(LAYER, entity)}")
-               .where(f"version = {int(version)}").first())
+        row = _describe_history(spark, entity, config).where(f"version = {int(version)}").first()
         return [] if row is None else [{"commitInfo": {
             "operation": row["operation"],
             "operationParameters": dict(row["operationParameters"] or {}),
