@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.config import REPO_ROOT, get_config
-from utils.spark_server import delta_package
+from utils.spark_server import delta_package, spark_home
 
 PIPELINE_DIR = REPO_ROOT / "notebooks" / "pipeline"
 OFFICIAL_SPEC = PIPELINE_DIR / "spark-pipeline.yml"
@@ -93,11 +93,7 @@ def _n(value: int | None) -> str:
 def spark_pipelines_command() -> Path:
     """The ``spark-pipelines`` launcher: the venv's, else the one inside the pyspark package."""
     beside = Path(sys.executable).parent / "spark-pipelines"
-    if beside.exists():
-        return beside
-    import pyspark
-
-    return Path(pyspark.__file__).parent / "bin" / "spark-pipelines"
+    return beside if beside.exists() else spark_home() / "bin" / "spark-pipelines"
 
 
 def _ivy_jar(package: str) -> Path | None:
